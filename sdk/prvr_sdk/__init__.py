@@ -1,0 +1,20 @@
+"""prvr-sdk runtime: partially relevant video retrieval (PRVR) without torch.
+
+This package is what a deployment imports: it loads an exported bundle, encodes videos and sentences
+with ONNX Runtime (or TensorRT when present), and searches an index of clip embeddings to find the
+videos -- and the moments inside them -- that match a sentence. It depends on numpy and the runtime
+backends only and never imports torch, so it installs and starts quickly on serving machines;
+training and export live in ``prvr_export``. The retrieval API lands here module by module; today it
+holds the typed errors (``prvr_sdk.errors``).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__: str = version("prvr-sdk")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

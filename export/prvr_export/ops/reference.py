@@ -39,23 +39,26 @@ def selective_scan_ref(
         delta = delta + delta_bias.to(compute)[..., None]
     if delta_softplus:
         delta = F.softplus(delta)
-    batch, dim, length = u.shape
+    batch, dim, _ = u.shape
     dstate = A.shape[1]
     if B.dim() == 3:
         B = B.unsqueeze(1)
     if C.dim() == 3:
         C = C.unsqueeze(1)
-    # Expand groups to one B/C row per channel: (B G N L) -> (B D N L).
-    B = B.repeat_interleave(dim // B.shape[1], dim=1)
-    C = C.repeat_interleave(dim // C.shape[1], dim=1)
+    groups = B.shape[1]
+
+    def per_channel(m_t: torch.Tensor) -> torch.Tensor:
+        """(B G N) -> (B D N): channel d reads group d // (D/G)."""
+        return m_t[:, :, None, :].expand(batch, groups, dim // groups, dstate).reshape(batch, dim, dstate)
 
     x = u.new_zeros(batch, dim, dstate)  # the state h, (B D N)
     ys = []
-    for t in range(length):
-        decay = torch.exp(delta[:, :, t, None] * A)  # (B D N)
-        drive = delta[:, :, t, None] * B[:, :, :, t] * u[:, :, t, None]  # (B D N)
+    steps = zip(u.unbind(2), delta.unbind(2), B.unbind(3), C.unbind(3), strict=True)
+    for u_t, delta_t, B_t, C_t in steps:
+        decay = torch.exp(delta_t[:, :, None] * A)  # (B D N)
+        drive = (delta_t * u_t)[:, :, None] * per_channel(B_t)  # (B D N)
         x = decay * x + drive
-        ys.append((x * C[:, :, :, t]).sum(-1))  # (B D)
+        ys.append((x * per_channel(C_t)).sum(-1))  # (B D)
     y = torch.stack(ys, dim=2)  # (B D L)
     if D is not None:
         y = y + u * D.to(compute)[:, None]

@@ -1,0 +1,78 @@
+"""The `prvr` command: the root Typer app, one module per sub-command, and the exit-code contract.
+
+Kept thin and cheap to import: nothing here imports torch or prvr_export; commands import what they
+need inside their own function, so `prvr --help` starts in a fraction of a second on any machine.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+import prvr_sdk
+from prvr_cli import doctor
+from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
+
+# What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
+EXIT_CODE_MEANINGS: dict[int, str] = {
+    0: "success",
+    1: "error",
+    2: "invalid input or usage",
+    3: "backend not installed",
+    4: "parity check failed",
+    5: "bundle invalid or checksum mismatch",
+    6: "index does not match the bundle",
+}
+
+
+def _exit_code_help() -> str:
+    """One line per exit code, naming the error classes that produce it."""
+    lines = []
+    for code, meaning in sorted(EXIT_CODE_MEANINGS.items()):
+        classes = sorted(cls.__name__ for cls, c in EXIT_CODES.items() if c == code)
+        lines.append(f"  {code}  {meaning}" + (f" ({', '.join(classes)})" if classes else ""))
+    return "\n".join(lines)
+
+
+HELP = f"""Partially relevant video retrieval: find the videos, and the moment in them, that match a sentence.
+
+Data goes to stdout (--json where offered); logs and warnings go to stderr.
+
+Exit codes:
+
+{_exit_code_help()}
+"""
+
+app = typer.Typer(
+    name="prvr",
+    help=HELP,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,  # locals can hold large arrays
+)
+app.command(name="doctor")(doctor.doctor)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"prvr-sdk {prvr_sdk.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
+    """Root options; the sub-commands do the work."""
+
+
+def main() -> None:
+    """Console-script entry point: run the app and turn a PrvrError into its documented exit code."""
+    try:
+        app()
+    except PrvrError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+        raise SystemExit(exit_code_for(exc)) from None

@@ -1,0 +1,59 @@
+"""prvr_sdk (and the CLI's entry module) must import, and `prvr --help` run, without torch.
+
+Each case runs in a fresh interpreter: in this test session torch may already be loaded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+_CHECK_MODULES = """
+import sys
+import prvr_sdk
+import prvr_sdk.errors
+import prvr_cli.app
+loaded = sorted(m for m in ("torch", "prvr_export", "onnxruntime") if m in sys.modules)
+assert not loaded, f"imported at module import time: {loaded}"
+"""
+
+_BLOCK_TORCH = """
+import sys
+
+class BlockTorch:
+    # Behaves like a machine without torch: any attempt to import it fails.
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this test ({name})")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+"""
+
+_RUN_HELP = """
+from prvr_cli.app import main
+sys.argv = ["prvr", "--help"]
+try:
+    main()
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+assert "torch" not in sys.modules
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_imports_do_not_load_torch() -> None:
+    done = _run(_CHECK_MODULES)
+    assert done.returncode == 0, done.stderr
+
+
+def test_imports_and_help_work_when_torch_cannot_be_imported() -> None:
+    done = _run(_BLOCK_TORCH + _CHECK_MODULES + _RUN_HELP)
+    assert done.returncode == 0, done.stderr
+    assert "doctor" in done.stdout
