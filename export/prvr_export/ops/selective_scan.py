@@ -17,6 +17,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+
 from . import cpu_kernel
 from .reference import selective_scan_ref
 
@@ -31,11 +33,14 @@ Tensor = torch.Tensor
 
 
 def _fail(name: str, expected: str, got: object) -> None:
-    raise ValueError(f"selective_scan: `{name}` must be {expected}, got {got}")
+    """Shape problems raise ShapeMismatchError, others InvalidInputError; both are ValueErrors."""
+    cls = ShapeMismatchError if "shape" in expected or "length" in expected else InvalidInputError
+    raise cls(f"selective_scan: `{name}` must be {expected}, got {got}")
 
 
 def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
-    """Raise ValueError naming the first argument whose shape, dtype or device does not fit.
+    """Raise a ValueError (ShapeMismatchError / InvalidInputError) naming the first argument whose
+    shape, dtype or device does not fit.
 
     Expected: u, delta, z r(B D L); A r(D N); B, C r(B N L) or r(B G N L) with G dividing D; D,
     delta_bias r(D). u, delta, B, C, z share one floating dtype and every tensor one device.
