@@ -75,8 +75,10 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
             or m.shape[1] == 0 or dim % m.shape[1] != 0
         ):
             _fail(name, expected, tuple(shape))
-    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
-        _fail("C", f"grouped like B ({B.shape[1]} groups)", f"{C.shape[1]} groups")
+    groups_B = B.shape[1] if B.dim() == 4 else 1
+    groups_C = C.shape[1] if C.dim() == 4 else 1
+    if groups_B != groups_C:  # the kernels index C with B's grouping (mamba-ssm rejects this too)
+        _fail("C", f"grouped like B ({groups_B} groups)", f"{groups_C} groups, shape {tuple(C.shape)}")
     if z is not None and (not isinstance(z, Tensor) or tuple(z.shape) != (batch, dim, length)):
         _fail("z", f"None or a tensor {bdl}", getattr(z, "shape", z))
     for name, v in (("D", D), ("delta_bias", delta_bias)):
@@ -181,7 +183,7 @@ def selective_scan_with_state(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C:
                               delta_softplus: bool) -> tuple[Tensor, Tensor]:
     """(y r(B D L), last state r(B D N)) of the selective scan."""
     y, state = _scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, want_state=True)
-    return y, state.to(u.dtype)
+    return y, state.to(_compute_dtype(u))
 
 
 @selective_scan.register_fake
@@ -191,7 +193,7 @@ def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
 
 @selective_scan_with_state.register_fake
 def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1])
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=_compute_dtype(u))
 
 
 def _setup_context(ctx, inputs, output):
@@ -214,23 +216,47 @@ def _grads_by_autograd(scan, inputs, delta_softplus, dy, dstate):
         return tuple(None if t is None else next(got) for t in leaves)
 
 
+@torch.library.custom_op("prvr::selective_scan_backward", mutates_args=())
+def selective_scan_backward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                            delta_bias: Tensor | None, dy: Tensor, dstate: Tensor | None,
+                            delta_softplus: bool) -> list[Tensor]:
+    """Gradients [du, ddelta, dA, dB, dC, dD, ddelta_bias] from the C kernel (dD / ddelta_bias are zeros
+    when D / delta_bias were None). An op of its own so that torch.compile / AOT autograd see one node
+    instead of tracing into ctypes calls on fake tensors."""
+    u_c, delta_c, A_c, B_c, C_c, D_c, bias_c = _kernel_args(u, delta, A, B, C, D, delta_bias)
+    step = _step_size(delta_c, bias_c, delta_softplus).contiguous()
+    dstate_c = None if dstate is None else dstate.to(u_c.dtype).contiguous()
+    du, dstep, dA, dB, dC, dD = cpu_kernel.backward(u_c, step, A_c, B_c, C_c, D_c,
+                                                    dy.to(u_c.dtype).contiguous(), dstate_c)
+    # Chain d(step)/d(delta) = sigmoid(delta + bias) under softplus, 1 otherwise.
+    ddelta = dstep
+    if delta_softplus:
+        raw = delta_c if bias_c is None else delta_c + bias_c[:, None]
+        ddelta = dstep * torch.sigmoid(raw)
+    dbias = ddelta.sum(dim=(0, 2))
+    if dD is None:
+        dD = torch.zeros_like(dbias)
+    grads = [du, ddelta, dA, dB.transpose(2, 3), dC.transpose(2, 3), dD, dbias]
+    like = [u, delta, A, B, C, D if D is not None else A, delta_bias if delta_bias is not None else A]
+    return [g.to(t.dtype).contiguous() for g, t in zip(grads, like, strict=True)]
+
+
+@selective_scan_backward.register_fake
+def _(u, delta, A, B, C, D, delta_bias, dy, dstate, delta_softplus):
+    dim = A.shape[0]
+    return [torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), A.new_empty(dim, dtype=(D if D is not None else A).dtype),
+            A.new_empty(dim, dtype=(delta_bias if delta_bias is not None else A).dtype)]
+
+
 def _scan_backward(ctx, dy: Tensor, dstate: Tensor | None):
     u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
     inputs = (u, delta, A, B, C, D, delta_bias)
     backend = _backend(u)
     if backend == "cpu_kernel":
-        u_c, delta_c, A_c, B_c, C_c, D_c, bias_c = _kernel_args(*inputs)
-        step = _step_size(delta_c, bias_c, ctx.delta_softplus).contiguous()
-        dstate_c = None if dstate is None else dstate.to(u_c.dtype).contiguous()
-        du, dstep, dA, dB, dC, dD = cpu_kernel.backward(u_c, step, A_c, B_c, C_c, D_c,
-                                                        dy.to(u_c.dtype).contiguous(), dstate_c)
-        # Chain d(step)/d(delta) = sigmoid(delta + bias) under softplus, 1 otherwise.
-        ddelta = dstep
-        if ctx.delta_softplus:
-            raw = delta_c if bias_c is None else delta_c + bias_c[:, None]
-            ddelta = dstep * torch.sigmoid(raw)
-        dbias = None if bias_c is None else ddelta.sum(dim=(0, 2))
-        grads = (du, ddelta, dA, dB.transpose(2, 3), dC.transpose(2, 3), dD, dbias)
+        grads = selective_scan_backward(*inputs, dy, dstate, ctx.delta_softplus)
+        grads = (*grads[:5], grads[5] if D is not None else None,
+                 grads[6] if delta_bias is not None else None)
     else:
         scan = _mamba_ssm_scan() if backend == "mamba_ssm" else selective_scan_ref
         grads = _grads_by_autograd(scan, inputs, ctx.delta_softplus, dy, dstate)
