@@ -1,0 +1,1109 @@
+"""``ExactIndex``: exact PRVR search over memory-mapped clip embeddings (DESIGN.md §3.4).
+
+Every video is a run of unit clip vectors (and, for some models, one video vector). They are stored
+once, as float16 rows of one matrix per segment, with ``offsets`` marking where each video's clips
+start and ``spans`` giving each clip's time span in seconds. A search multiplies the clip matrix by the
+query batch a block of rows at a time -- each cache-sized piece decoded to float32 (``_decode_f16``) and
+multiplied by BLAS in float32, so memory stays bounded for millions of clips and the float16 matrix is
+read once -- takes the max over each video's clips, adds the video-vector term when the model's rule
+has one (``ScoringRule``), and keeps a running top-k; for the videos that make it, the winning clip (hence
+the span of the matching moment) is read off the same scores. Results are those of ``prvr_sdk.scoring``
+over the whole corpus stored in float16: same scores up to float32 summation order, same ranking, ties
+broken by insertion order (earlier videos first). ``load(float32=True)`` trades twice the memory for
+skipping the decode (bench/index.py measures both).
+
+Writes are incremental: ``add`` appends a segment, ``remove`` marks videos dead (dropped at the next
+``save``), ``save`` commits a new immutable version atomically (``store.py``), holding the writer lock
+(``locking.py``). An index bound to a directory (loaded from it, or saved to it) takes the lock at its
+first ``add`` / ``remove`` / ``upsert`` and keeps it until ``save`` or ``close`` -- so a second writer
+hears about the conflict before it does any work, not after. Searching never locks.
+
+Thread safety: ``search`` may run from several threads at once (numpy releases the GIL in the matrix
+products); ``add``, ``remove``, ``upsert`` and ``save`` need the caller's own synchronisation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import mmap as mmaplib
+import os
+import shutil
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from prvr_sdk import __version__
+from prvr_sdk.errors import IndexMismatchError, InvalidInputError, ShapeMismatchError
+from prvr_sdk.hits import Hit
+from prvr_sdk.index import store
+from prvr_sdk.index.base import ScoringRule, check_vectors
+from prvr_sdk.index.filters import ABSENT, ID_FIELD, Column, Filter, build_column, compile_filter
+from prvr_sdk.index.locking import IndexConflictError, WriterLock
+from prvr_sdk.index.store import IndexFormatError, SegmentFiles
+from prvr_sdk.index.topk import TopK
+from prvr_sdk.scoring import weighted_score
+
+__all__ = ["ExactIndex"]
+
+# Search memory bounds. Clip rows are decoded to float32 and multiplied a cache-sized piece at a time
+# (the float32 copy of one piece is ~4 MiB), into a score block of at most ~64 MiB [queries, rows] that the
+# per-video max and the top-k then consume; at most 2**18 rows per block keeps the per-block top-k cheap.
+_PIECE_BYTES = 4 << 20
+_SCORE_BYTES = 64 << 20
+_MAX_BLOCK_ROWS = 1 << 18
+# Queries scored together; more are split into chunks (each chunk reads the clip matrix once).
+_QUERY_CHUNK = 1024
+# Rows copied at a time when a save compacts or merges segments.
+_WRITE_CHUNK = 1 << 16
+# float16 -> float32 by bit arithmetic (see _decode_f16).
+_SIGN_AND_MAGNITUDE = np.int32(-0x70000001)  # 0x8FFFFFFF: sign bit + the 27 bits fp16 magnitude lands in
+_EXP_REBIAS = np.float32(2.0**112)  # 2 ** (127 - 15): float32 exponent bias minus float16's
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _clip_rows(offsets: np.ndarray, vids: np.ndarray) -> np.ndarray:
+    """Clip-row numbers of videos ``vids`` (increasing), concatenated; int64."""
+    starts = offsets[vids]
+    counts = offsets[vids + 1] - starts
+    firsts = np.cumsum(counts) - counts
+    return np.repeat(starts - firsts, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+
+
+def _decode_f16(src: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = src`` (float16 -> float32), exact for finite values, ~5x faster than ``astype``.
+
+    numpy's float16 cast is a scalar loop (~200 M values/s here); this does four vectorised integer/float
+    passes over a cache-resident buffer instead. The float16 bits, sign-extended to int32 and shifted left
+    by 13, put the 10 mantissa bits and 5 exponent bits where float32 keeps its own; masking clears the
+    sign-extension copies and keeps the sign; multiplying by 2**112 rebiases the exponent (15 -> 127) and,
+    being a float multiply, also turns float16 subnormals and zeros into the right float32 values.
+    Inf/NaN would decode wrongly; ``add`` never stores them.
+    """
+    bits = out.view(np.int32)
+    np.copyto(bits, src.view(np.int16))
+    np.left_shift(bits, 13, out=bits)
+    np.bitwise_and(bits, _SIGN_AND_MAGNITUDE, out=bits)
+    np.multiply(out, _EXP_REBIAS, out=out)
+    return out
+
+
+def _decode_all(rows: np.ndarray) -> np.ndarray:
+    """A float32 copy of a float16 matrix (memory-mapped or not), decoded in chunks."""
+    out = np.empty(rows.shape, dtype=np.float32)
+    for a in range(0, len(rows), _WRITE_CHUNK):
+        _decode_f16(rows[a : a + _WRITE_CHUNK], out[a : a + _WRITE_CHUNK])
+    return out
+
+
+def _dot_f16(rows: np.ndarray, q: np.ndarray, piece: np.ndarray) -> np.ndarray:
+    """``rows @ q.T`` in float32 for float16 (or float32) ``rows [n, D]``: ``[n, nq]``.
+
+    Decoding a cache-sized piece (``len(piece)`` rows) and multiplying it at once keeps the float32 copy in
+    cache, so the float16 matrix is streamed once: half the memory traffic of a float32 matrix. The
+    ``[rows, queries]`` layout makes the per-video max below a reduction over whole contiguous rows.
+    """
+    if rows.dtype == np.float32:  # an index loaded with float32=True keeps decoded rows in RAM
+        return rows @ q.T
+    n, step = len(rows), len(piece)
+    out = np.empty((n, len(q)), dtype=np.float32)
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        np.matmul(_decode_f16(rows[a:b], piece[: b - a]), q.T, out=out[a:b])
+    return out
+
+
+def _max_per_video(
+    scores: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Per-video max over consecutive runs of ``counts`` clip rows, and a winning-clip finder.
+
+    The max is a plain reduction; the argmax (which clip won) is only needed for the few videos that make
+    the top-k, so it is returned as a function of the chosen video columns ``[nq, m]`` that reads the
+    same ``scores`` (exact; the first winning clip on ties, like ``np.argmax``).
+
+    Args:
+        scores: ``[sum(counts), nq]`` clip scores (``_dot_f16`` layout).
+        counts: ``[nv]`` clips of each video, all >= 1.
+
+    Returns:
+        ``(best [nv, nq] float32, clip_of)`` with ``clip_of(cols) -> int64 [nq, m]`` counted inside the video.
+    """
+    nq = scores.shape[1]
+    queries = np.arange(nq)[:, None, None]
+    if (counts == counts[0]).all():  # the usual case (32 clips each): a reshape, no index arithmetic
+        by_video = scores.reshape(len(counts), int(counts[0]), nq)
+        j = np.arange(int(counts[0]))
+        return by_video.max(axis=1), lambda cols: by_video[cols[..., None], j, queries].argmax(axis=2)
+    starts = np.cumsum(counts) - counts
+
+    def clip_of(cols: np.ndarray) -> np.ndarray:
+        n = counts[cols][..., None]  # [nq, m, 1]
+        j = np.arange(int(n.max()))
+        vals = scores[starts[cols][..., None] + np.minimum(j, n - 1), queries]
+        return np.where(j < n, vals, -np.inf).argmax(axis=2)
+
+    return np.maximum.reduceat(scores, starts, axis=0), clip_of
+
+
+def _video_blocks(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive video ranges holding at most ``rows`` clip rows (a longer video is a block alone)."""
+    nv, v = len(offsets) - 1, 0
+    while v < nv:
+        nxt = int(np.searchsorted(offsets, offsets[v] + rows, side="right")) - 1
+        nxt = min(max(nxt, v + 1), nv)
+        yield v, nxt
+        v = nxt
+
+
+class _Segment:
+    """Videos stored together: arrays (in memory, or mapped from a segment directory), ids, metadata."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        offsets: np.ndarray | None,
+        clips: np.ndarray | None,
+        spans: np.ndarray | None,
+        vectors: np.ndarray | None,
+        metadata_lines: list[bytes] | None = None,
+        source: Path | None = None,
+        name: str | None = None,
+        files: dict[str, Any] | None = None,
+    ) -> None:
+        self.ids = ids
+        self.offsets = offsets
+        self.clips = clips
+        self.spans = spans
+        self.vectors = vectors
+        self.source = source  # directory of a saved segment; None while it exists in memory only
+        self.name = name
+        self.files = files or {}
+        self.alive = np.ones(len(ids), dtype=bool)
+        self._lines = metadata_lines
+        # A saved segment's metadata is parsed on first use, from a map opened at load: the map keeps the
+        # file readable even after a writer commits a newer version and deletes this one.
+        self._metadata_map: mmaplib.mmap | None = None
+        self._records: list[dict[str, Any]] | None = None
+        self._columns: dict[str, Column] = {}
+        self._id_column: Column | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def num_clips(self) -> int:
+        return 0 if self.offsets is None else int(self.offsets[-1])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.clips, self.offsets, self.spans, self.vectors)
+        return sum(int(a.nbytes) for a in arrays if a is not None)
+
+    def metadata_line(self, row: int) -> bytes:
+        if self._lines is None:
+            assert self._metadata_map is not None and self.source is not None
+            lines = self._metadata_map[:].split(b"\n")[:-1]
+            if len(lines) != len(self.ids):
+                raise IndexFormatError(
+                    f"{self.source / store.METADATA}: {len(lines)} lines for {len(self.ids)} videos"
+                )
+            self._lines, self._metadata_map = lines, None
+        return self._lines[row]
+
+    def metadata(self, row: int) -> dict[str, Any]:
+        if self._records is not None:
+            return dict(self._records[row])
+        return json.loads(self.metadata_line(row))
+
+    def column(self, field: str) -> Column:
+        """Filter column of ``field`` over this segment (built on first use, then cached)."""
+        if field == ID_FIELD:
+            if self._id_column is None:
+                self._id_column = build_column(self.ids)
+            return self._id_column
+        if field not in self._columns:
+            if self._records is None:
+                self._records = [json.loads(self.metadata_line(i)) for i in range(len(self.ids))]
+            self._columns[field] = build_column([r.get(field, ABSENT) for r in self._records])
+        return self._columns[field]
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        entry: Mapping[str, Any],
+        rule: ScoringRule,
+        dim: int,
+        mmap: bool,
+        verify: bool,
+        float32: bool = False,
+    ) -> _Segment:
+        files = entry.get("files")
+        if not isinstance(files, dict):
+            raise IndexFormatError(f"manifest entry of segment {directory} lists no files")
+        SegmentFiles.check(directory, files, verify)
+        try:
+            ids = json.loads((directory / store.IDS).read_text())
+        except json.JSONDecodeError as exc:
+            raise IndexFormatError(f"{directory / store.IDS} is not valid JSON ({exc})") from None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise IndexFormatError(f"{directory / store.IDS} must hold a list of strings")
+        nv = len(ids)
+        offsets = clips = spans = vectors = None
+        where = f"index segment {directory}"
+        if rule.uses_clips:
+            offsets = SegmentFiles.load_array(directory / store.OFFSETS, mmap=False)
+            clips = SegmentFiles.load_array(directory / store.CLIPS, mmap)
+            spans = SegmentFiles.load_array(directory / store.SPANS, mmap=False)
+            if offsets.shape != (nv + 1,) or offsets[0] != 0 or (np.diff(offsets) < 1).any():
+                raise IndexFormatError(f"{where}: offsets must be {nv + 1} increasing row numbers from 0")
+            if clips.dtype != np.float16 or clips.shape != (int(offsets[-1]), dim):
+                raise IndexFormatError(
+                    f"{where}: clips are {clips.dtype} {clips.shape}, expected float16 "
+                    f"{(int(offsets[-1]), dim)}"
+                )
+            if spans.shape != (len(clips), 2):
+                raise IndexFormatError(f"{where}: spans have shape {spans.shape}, expected {(len(clips), 2)}")
+        if rule.uses_video_vectors:
+            vectors = SegmentFiles.load_array(directory / store.VECTORS, mmap)
+            if vectors.dtype != np.float16 or vectors.shape != (nv, dim):
+                raise IndexFormatError(
+                    f"{where}: video vectors are {vectors.dtype} {vectors.shape}, expected "
+                    f"float16 {(nv, dim)}"
+                )
+        if float32:
+            clips = None if clips is None else _decode_all(clips)
+            vectors = None if vectors is None else _decode_all(vectors)
+        segment = cls(ids, offsets, clips, spans, vectors, source=directory, name=directory.name, files=files)
+        with open(directory / store.METADATA, "rb") as f:
+            segment._metadata_map = mmaplib.mmap(f.fileno(), 0, access=mmaplib.ACCESS_READ)
+        return segment
+
+
+class _SegmentView:
+    """The segment as a filter sees it: columns, plus id lookups through the index's id map."""
+
+    def __init__(self, segment: _Segment, locate: Callable[[], Mapping[str, tuple[_Segment, int]]]) -> None:
+        self._segment, self._locate = segment, locate  # the id map is built only if a filter asks for ids
+
+    def __len__(self) -> int:
+        return len(self._segment)
+
+    def column(self, field: str) -> Column:
+        return self._segment.column(field)
+
+    def id_mask(self, ids: Sequence[str]) -> np.ndarray:
+        mask = np.zeros(len(self._segment), dtype=bool)
+        locate = self._locate()
+        for video_id in ids:
+            where = locate.get(video_id)
+            if where is not None and where[0] is self._segment:
+                mask[where[1]] = True
+        return mask
+
+
+def _finite_span(start: float, end: float) -> tuple[float | None, float | None]:
+    if math.isnan(start) or math.isnan(end):
+        return None, None
+    return float(start), float(end)
+
+
+class ExactIndex:
+    """Exact max-over-clips search over float16 clip embeddings, on disk and memory-mapped.
+
+    Args:
+        dim: embedding size ``D`` of every stored and query vector.
+        scoring: the model's rule (``ScoringRule``, the bundle manifest's dict, or a kind string):
+            ``"max_clip"`` (AMDNet), ``"weighted"`` (MamFusion, 0.7 / 0.3), ``"video"`` (MUSE).
+        bundle_sha256: the export bundle's hash, recorded so that ``load(bundle_sha256=...)`` can refuse
+            an index built with another model.
+        model: model name, recorded likewise (e.g. ``"amdnet-tvr"``).
+
+    Example:
+        >>> index = ExactIndex(256, {"kind": "weighted", "clip_weight": 0.7, "frame_weight": 0.3})
+        >>> index.add(["v1", "v2"], clip_embs=[c1, c2], video_embs=vv, spans=[s1, s2])
+        >>> index.search(query, top_k=5, filter={"split": "test"})   # -> list[Hit]
+        >>> index.save("my-index"); index = ExactIndex.load("my-index")
+
+    Raises:
+        InvalidInputError: a non-positive ``dim``, an unknown scoring rule, a malformed ``bundle_sha256``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        scoring: ScoringRule | Mapping[str, Any] | str,
+        bundle_sha256: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
+            raise InvalidInputError(f"dim: expected a positive integer, got {dim!r}")
+        if bundle_sha256 is not None and (
+            not isinstance(bundle_sha256, str) or len(bundle_sha256) != 64 or set(bundle_sha256) - _SHA256_HEX
+        ):
+            raise InvalidInputError(f"bundle_sha256: expected 64 lowercase hex digits, got {bundle_sha256!r}")
+        if model is not None and not isinstance(model, str):
+            raise InvalidInputError(f"model: expected a model name (str) or None, got {model!r}")
+        self.dim = int(dim)
+        self.scoring = ScoringRule.parse(scoring)
+        self.bundle_sha256 = bundle_sha256
+        self.model = model
+        self._segments: list[_Segment] = []
+        self._locate: dict[str, tuple[_Segment, int]] | None = None  # id -> (segment, row), built lazily
+        self._path: Path | None = None
+        self._version: str | None = None
+        self._mmap = True
+        self._float32 = False
+        self._next_segment = 1
+        self._dirty = False
+        self._lock: WriterLock | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def __len__(self) -> int:
+        return int(sum(np.count_nonzero(seg.alive) for seg in self._segments))
+
+    def __contains__(self, video_id: object) -> bool:
+        return isinstance(video_id, str) and video_id in self._id_map()
+
+    def __repr__(self) -> str:
+        where = f", path={str(self._path)!r}" if self._path else ""
+        return (
+            f"ExactIndex(dim={self.dim}, scoring={self.scoring.kind!r}, videos={len(self)}, "
+            f"segments={len(self._segments)}{where})"
+        )
+
+    def ids(self) -> list[str]:
+        """Live video ids in internal order (insertion order, which also breaks score ties)."""
+        return [seg.ids[i] for seg in self._segments for i in np.flatnonzero(seg.alive)]
+
+    @property
+    def path(self) -> Path | None:
+        """The directory this index was loaded from or last saved to (None for a never-saved index)."""
+        return self._path
+
+    def info(self) -> dict[str, Any]:
+        """Counts, sizes and bindings, JSON-ready (``prvr index info`` prints this)."""
+        return {
+            "path": str(self._path) if self._path else None,
+            "version": self._version,
+            "dim": self.dim,
+            "scoring": self.scoring.to_dict(),
+            "model": self.model,
+            "bundle_sha256": self.bundle_sha256,
+            "videos": len(self),
+            "removed_unsaved": int(sum(len(s) - np.count_nonzero(s.alive) for s in self._segments)),
+            "clips": int(sum(s.num_clips for s in self._segments)),
+            "segments": len(self._segments),
+            "unsaved_changes": self._dirty,
+            "bytes": int(sum(s.nbytes for s in self._segments)),
+            "mmap": self._mmap,
+            "float32": self._float32,
+        }
+
+    def _id_map(self) -> dict[str, tuple[_Segment, int]]:
+        if self._locate is None:
+            self._locate = {}
+            for seg in self._segments:
+                for row in np.flatnonzero(seg.alive):
+                    self._locate[seg.ids[row]] = (seg, int(row))
+        return self._locate
+
+    def close(self) -> None:
+        """Release the writer lock if held (unsaved changes stay in memory; a later save re-locks)."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> ExactIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _bind(self, root: Path, version: str) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # releases the old directory's lock, if held
+        self._path, self._version = root, version
+        self._lock = WriterLock(root)
+        self._finalizer = weakref.finalize(self, self._lock.release)
+
+    def _begin_write(self) -> None:
+        """Take the writer lock of the bound directory before the first change (no-op if unbound)."""
+        if self._path is None or self._lock is None or self._lock.held:
+            return
+        self._lock.acquire()
+        current = store.read_current(self._path)
+        if current != self._version:
+            self._lock.release()
+            raise IndexConflictError(
+                f"index {self._path} changed on disk since this object read it (it holds version "
+                f"{self._version}, the directory now {current}); load it again and re-apply the changes"
+            )
+
+    # ------------------------------------------------------------------ writes
+
+    def add(
+        self,
+        video_ids: Sequence[str],
+        clip_embs: Sequence[np.ndarray] | np.ndarray | None = None,
+        video_embs: np.ndarray | None = None,
+        spans: Sequence[np.ndarray | None] | np.ndarray | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        """Add videos as a new segment (in memory until ``save``). All-or-nothing: a bad input adds nothing.
+
+        Args:
+            video_ids: ``Nv`` unique, non-empty string ids, none already live in the index.
+            clip_embs: per video a unit-vector array ``[Nc_i, D]`` with ``Nc_i >= 1`` (or one
+                ``[Nv, Nc, D]`` array); required by ``"max_clip"`` and ``"weighted"``, refused by
+                ``"video"``.
+            video_embs: ``[Nv, D]`` unit vectors; required by ``"weighted"`` and ``"video"``, refused by
+                ``"max_clip"``.
+            spans: per video ``[Nc_i, 2]`` clip (start, end) seconds, or None for unknown (hits then carry
+                ``start = end = None``). ``"video"`` scoring takes no spans: a hit spans
+                ``(0, metadata["duration"])`` when the metadata has a duration.
+            metadata: per video a JSON-serialisable dict (or None), returned with hits and used by filters.
+
+        Raises:
+            InvalidInputError: duplicate or existing ids (use ``upsert``), non-string ids, a video with no
+                clips, NaN/Inf, vectors that are not unit length, embeddings the scoring rule does not use,
+                bad spans, metadata that is not a JSON object.
+            ShapeMismatchError: wrong ``D``, or lengths that disagree with ``video_ids``.
+            IndexLockedError: another writer holds the bound directory.
+            IndexConflictError: the bound directory changed on disk since this index was loaded.
+        """
+        self._add(video_ids, clip_embs, video_embs, spans, metadata, replace=False)
+
+    def upsert(
+        self,
+        video_ids: Sequence[str],
+        clip_embs: Sequence[np.ndarray] | np.ndarray | None = None,
+        video_embs: np.ndarray | None = None,
+        spans: Sequence[np.ndarray | None] | np.ndarray | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> None:
+        """Like ``add``, but ids already in the index are replaced (removed, then added at the end)."""
+        self._add(video_ids, clip_embs, video_embs, spans, metadata, replace=True)
+
+    def _add(self, video_ids, clip_embs, video_embs, spans, metadata, replace: bool) -> None:
+        ids = self._check_ids(video_ids, allow_existing=replace)
+        if not ids:
+            return
+        segment = self._build_segment(ids, clip_embs, video_embs, spans, metadata)
+        self._begin_write()
+        if replace:
+            self._remove_ids(ids)
+        self._segments.append(segment)
+        if self._locate is not None:
+            for row, video_id in enumerate(ids):
+                self._locate[video_id] = (segment, row)
+        self._dirty = True
+
+    def _check_ids(self, video_ids: Sequence[str], allow_existing: bool) -> list[str]:
+        if isinstance(video_ids, str):
+            raise InvalidInputError(
+                f"video_ids: expected a list of ids, got the string {video_ids!r}; wrap it in a list"
+            )
+        ids = list(video_ids)
+        for i, video_id in enumerate(ids):
+            if not isinstance(video_id, str) or not video_id:
+                raise InvalidInputError(f"video_ids[{i}]: expected a non-empty string, got {video_id!r}")
+        repeated = [v for v, n in Counter(ids).items() if n > 1]
+        if repeated:
+            raise InvalidInputError(f"video_ids: duplicate ids in one call: {repeated[:5]}")
+        if not allow_existing:
+            locate = self._id_map()
+            existing = [v for v in ids if v in locate]
+            if existing:
+                raise InvalidInputError(
+                    f"video_ids: already in the index: {existing[:5]} "
+                    f"({len(existing)} in all); remove them first or use upsert()"
+                )
+        return ids
+
+    def _build_segment(self, ids, clip_embs, video_embs, spans, metadata) -> _Segment:
+        nv, rule = len(ids), self.scoring
+        offsets = clips = span_rows = vectors = None
+        if rule.uses_clips:
+            if clip_embs is None:
+                raise InvalidInputError(f"clip_embs: scoring {rule.kind!r} needs clip embeddings, got None")
+            if len(clip_embs) != nv:
+                raise ShapeMismatchError(
+                    f"clip_embs: expected {nv} entries (one per id), got {len(clip_embs)}"
+                )
+            array = self._check_clip_array(clip_embs, nv)
+            if array is not None:  # one [Nv, Nc, D] array, checked at once
+                counts = np.full(nv, array.shape[1], dtype=np.int64)
+                clips = array.reshape(-1, self.dim).astype(np.float16)
+            else:
+                blocks = []
+                for i, emb in enumerate(clip_embs):
+                    block = check_vectors(emb, self.dim, f"clip_embs[{i}] (video {ids[i]!r})")
+                    if len(block) == 0:
+                        raise InvalidInputError(
+                            f"clip_embs[{i}] (video {ids[i]!r}): expected at least one clip, got none"
+                        )
+                    blocks.append(block)
+                counts = np.array([len(b) for b in blocks], dtype=np.int64)
+                clips = np.concatenate(blocks).astype(np.float16)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            span_rows = self._check_spans(spans, ids, counts)
+        elif clip_embs is not None:
+            raise InvalidInputError(
+                "clip_embs: scoring 'video' stores one vector per video and no clips; pass video_embs only"
+            )
+        elif spans is not None:
+            raise InvalidInputError(
+                "spans: scoring 'video' has no clips to give spans to; put the video's "
+                "length in metadata['duration'] instead"
+            )
+        if rule.uses_video_vectors:
+            if video_embs is None:
+                raise InvalidInputError(f"video_embs: scoring {rule.kind!r} needs video embeddings, got None")
+            vectors = check_vectors(video_embs, self.dim, "video_embs")
+            if len(vectors) != nv:
+                raise ShapeMismatchError(f"video_embs: expected {nv} rows (one per id), got {len(vectors)}")
+            vectors = vectors.astype(np.float16)
+        elif video_embs is not None:
+            raise InvalidInputError(
+                "video_embs: scoring 'max_clip' uses clip embeddings only; drop video_embs "
+                "or use scoring 'weighted'"
+            )
+        lines = self._check_metadata(metadata, nv)
+        return _Segment(ids, offsets, clips, span_rows, vectors, metadata_lines=lines)
+
+    def _check_clip_array(self, clip_embs: Any, nv: int) -> np.ndarray | None:
+        """Fast path for one ``[Nv, Nc, D]`` array: check it at once (None: use the per-video checks,
+        which also name the video of the first bad clip)."""
+        if not isinstance(clip_embs, np.ndarray) or clip_embs.ndim != 3 or clip_embs.shape[1] == 0:
+            return None
+        try:
+            flat = check_vectors(clip_embs.reshape(-1, clip_embs.shape[2]), self.dim, "clip_embs")
+        except (InvalidInputError, ShapeMismatchError):
+            return None
+        return flat.reshape(nv, clip_embs.shape[1], self.dim)
+
+    @staticmethod
+    def _check_spans(spans, ids: list[str], counts: np.ndarray) -> np.ndarray:
+        out = np.full((int(counts.sum()), 2), np.nan)
+        if spans is None:
+            return out
+        if len(spans) != len(ids):
+            raise ShapeMismatchError(f"spans: expected {len(ids)} entries (one per id), got {len(spans)}")
+        row = 0
+        for i, (span, count) in enumerate(zip(spans, counts, strict=True)):
+            if span is not None:
+                where = f"spans[{i}] (video {ids[i]!r})"
+                arr = np.asarray(span, dtype=np.float64)
+                if arr.shape != (count, 2):
+                    raise ShapeMismatchError(
+                        f"{where}: expected shape {(int(count), 2)} (one [start, end] per "
+                        f"clip), got {arr.shape}"
+                    )
+                if not np.isfinite(arr).all():
+                    raise InvalidInputError(f"{where}: expected finite seconds, got NaN or Inf")
+                if (arr[:, 0] > arr[:, 1]).any():
+                    bad = int(np.flatnonzero(arr[:, 0] > arr[:, 1])[0])
+                    raise InvalidInputError(f"{where}: clip {bad} starts after it ends ({arr[bad].tolist()})")
+                out[row : row + count] = arr
+            row += count
+        return out
+
+    @staticmethod
+    def _check_metadata(metadata, nv: int) -> list[bytes]:
+        if metadata is None:
+            return [b"{}"] * nv
+        if isinstance(metadata, Mapping) or len(metadata) != nv:
+            got = "a single dict" if isinstance(metadata, Mapping) else f"{len(metadata)} entries"
+            raise ShapeMismatchError(f"metadata: expected a list of {nv} dicts (one per id), got {got}")
+        lines = []
+        for i, record in enumerate(metadata):
+            if record is None:
+                lines.append(b"{}")
+                continue
+            if not isinstance(record, Mapping) or not all(isinstance(k, str) for k in record):
+                raise InvalidInputError(
+                    f"metadata[{i}]: expected a dict with string keys, got {record!r:.80}"
+                )
+            try:
+                text = json.dumps(dict(record), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"metadata[{i}]: not JSON-serialisable ({exc})") from None
+            lines.append(text.encode())
+        return lines
+
+    def remove(self, video_ids: Sequence[str] | str) -> int:
+        """Remove videos by id; unknown ids are ignored (like faiss ``remove_ids`` and Qdrant deletes).
+
+        Removed videos vanish from searches at once and from disk at the next ``save`` (compaction).
+
+        Returns:
+            How many videos were removed.
+
+        Raises:
+            IndexLockedError / IndexConflictError: as for ``add``.
+        """
+        ids = [video_ids] if isinstance(video_ids, str) else list(video_ids)
+        if not any(video_id in self._id_map() for video_id in ids):
+            return 0
+        self._begin_write()
+        removed = self._remove_ids(ids)
+        self._dirty = True
+        return removed
+
+    def _remove_ids(self, ids: Sequence[str]) -> int:
+        locate, removed = self._id_map(), 0
+        for video_id in ids:
+            where = locate.pop(video_id, None)
+            if where is not None:
+                where[0].alive[where[1]] = False
+                removed += 1
+        return removed
+
+    # ------------------------------------------------------------------ search
+
+    def search(
+        self,
+        queries: np.ndarray,
+        top_k: int = 10,
+        filter: Mapping[str, Any] | Filter | None = None,
+        group_by: Literal["video", "clip"] = "video",
+        *,
+        min_score: float | None = None,
+        block_size: int | None = None,
+    ) -> list[Hit] | list[list[Hit]]:
+        """Best videos (or clips) for each query, with the matching moment.
+
+        Args:
+            queries: one unit query vector ``[D]`` or a batch ``[Nq, D]`` (``Retriever.encode_text`` output).
+            top_k: how many hits per query (fewer when fewer videos pass the filter).
+            filter: metadata filter applied before top-k (``prvr_sdk.index.filters``), e.g.
+                ``{"video_id": [...]}``, ``{"split": "test", "duration": {"$gte": 60}}``.
+            group_by: ``"video"`` -- one hit per video, at its best clip; ``"clip"`` -- clips ranked on
+                their own (clip score plus the video term), so a video can appear several times.
+            min_score: drop hits scoring below this.
+            block_size: clip rows scored per block (default: as many as keep the block's float32 scores
+                under ~64 MiB, at most 2**18); results do not depend on it.
+
+        Returns:
+            For ``[D]``: ``list[Hit]``, best first. For ``[Nq, D]``: one such list per query.
+
+        Raises:
+            ShapeMismatchError: queries not ``[D]`` / ``[Nq, D]`` with this index's ``D``.
+            InvalidInputError: NaN/Inf or non-unit queries, ``top_k < 1``, an unknown ``group_by``, a bad
+                filter, ``group_by="clip"`` with scoring ``"video"``.
+        """
+        single = np.ndim(queries) == 1
+        q = check_vectors(np.reshape(queries, (1, -1)) if single else queries, self.dim, "queries")
+        if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1:
+            raise InvalidInputError(f"top_k: expected a positive integer, got {top_k!r}")
+        if group_by not in ("video", "clip"):
+            raise InvalidInputError(f"group_by: expected 'video' or 'clip', got {group_by!r}")
+        by_clip = group_by == "clip"
+        if by_clip and not self.scoring.uses_clips:
+            raise InvalidInputError("group_by='clip': scoring 'video' stores no clips; use group_by='video'")
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        ):
+            raise InvalidInputError(f"block_size: expected a positive integer, got {block_size!r}")
+        compiled = compile_filter(filter)
+
+        masks = []
+        for seg in self._segments:
+            mask = seg.alive
+            if compiled is not None and mask.any():
+                mask = mask & compiled.mask(_SegmentView(seg, self._id_map))
+            masks.append(mask if mask.any() else None)
+        video_base = np.cumsum([0] + [len(s) for s in self._segments])
+        clip_base = np.cumsum([0] + [s.num_clips for s in self._segments])
+
+        results: list[list[Hit]] = []
+        piece = np.empty((max(1, _PIECE_BYTES // (4 * self.dim)), self.dim), dtype=np.float32)
+        for q0 in range(0, len(q), _QUERY_CHUNK):
+            chunk = q[q0 : q0 + _QUERY_CHUNK]
+            rows = block_size or max(len(piece), min(_MAX_BLOCK_ROWS, _SCORE_BYTES // (4 * len(chunk))))
+            acc = TopK(len(chunk), int(top_k))
+            for i, (seg, mask) in enumerate(zip(self._segments, masks, strict=True)):
+                if mask is None:
+                    continue
+                if self.scoring.uses_clips:
+                    base = (int(video_base[i]), int(clip_base[i]))
+                    self._scan_clips(seg, chunk, mask, acc, base, by_clip, rows, piece)
+                else:
+                    self._scan_videos(seg, chunk, mask, acc, int(video_base[i]), rows, piece)
+            for scores, keys, extra in acc.results(min_score):
+                results.append(self._hits(scores, keys, extra, by_clip, video_base, clip_base))
+        return results[0] if single else results
+
+    def _scan_clips(
+        self,
+        seg: _Segment,
+        q: np.ndarray,
+        mask: np.ndarray,
+        acc: TopK,
+        base: tuple[int, int],
+        by_clip: bool,
+        rows: int,
+        piece: np.ndarray,
+    ) -> None:
+        """Score one segment's videos (or clips) in blocks of about ``rows`` clip rows into ``acc``.
+
+        ``base`` is the segment's first global (video, clip) row: the keys that order ties.
+        """
+        offsets, rule = seg.offsets, self.scoring
+        assert offsets is not None and seg.clips is not None
+        counts = np.diff(offsets)
+        for v0, v1 in _video_blocks(offsets, rows):
+            keep = mask[v0:v1]
+            selected = int(np.count_nonzero(keep))
+            if selected == 0:
+                continue
+            # Mostly-live block: read it whole and mask; sparse (a selective filter): gather the live rows.
+            dense = 2 * selected >= v1 - v0
+            if dense:
+                vids, clip_rows = np.arange(v0, v1), None
+                scores = _dot_f16(seg.clips[offsets[v0] : offsets[v1]], q, piece)
+            else:
+                vids = v0 + np.flatnonzero(keep)
+                clip_rows = _clip_rows(offsets, vids)
+                scores = _dot_f16(seg.clips[clip_rows], q, piece)
+            frame = None  # [videos, queries] like scores
+            if rule.uses_video_vectors:
+                assert seg.vectors is not None
+                frame = _dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
+            cnt = counts[vids]
+            hidden = ~keep if dense and selected < v1 - v0 else None
+            if not by_clip:
+                best, clip_of = _max_per_video(scores, cnt)
+                total = weighted_score(best, frame, rule.clip_weight, rule.frame_weight)
+                if hidden is not None:
+                    total[hidden] = -np.inf
+                acc.push(total.T, base[0] + vids, clip_of)
+            else:
+                total = weighted_score(
+                    scores,
+                    None if frame is None else np.repeat(frame, cnt, axis=0),
+                    rule.clip_weight,
+                    rule.frame_weight,
+                )
+                if hidden is not None:
+                    total[np.repeat(hidden, cnt)] = -np.inf
+                if clip_rows is None:
+                    clip_rows = np.arange(offsets[v0], offsets[v1])
+                within = clip_rows - np.repeat(offsets[vids], cnt)
+                acc.push(total.T, base[1] + clip_rows, lambda cols, within=within: within[cols])
+
+    def _scan_videos(
+        self, seg: _Segment, q: np.ndarray, mask: np.ndarray, acc: TopK, video_base: int, rows: int, piece
+    ) -> None:
+        """Scoring 'video': one product with the video vectors, in blocks of ``rows`` videos."""
+        assert seg.vectors is not None
+        for v0 in range(0, len(seg), rows):
+            v1 = min(len(seg), v0 + rows)
+            keep = mask[v0:v1]
+            selected = int(np.count_nonzero(keep))
+            if selected == 0:
+                continue
+            dense = 2 * selected >= v1 - v0
+            vids = np.arange(v0, v1) if dense else v0 + np.flatnonzero(keep)
+            total = _dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
+            if dense and selected < v1 - v0:
+                total[~keep] = -np.inf
+            acc.push(total.T, video_base + vids)
+
+    def _hits(
+        self, scores, keys, extra, by_clip: bool, video_base: np.ndarray, clip_base: np.ndarray
+    ) -> list[Hit]:
+        hits = []
+        bases = clip_base if by_clip else video_base
+        for score, key, clip in zip(scores.tolist(), keys.tolist(), extra.tolist(), strict=True):
+            i = int(np.searchsorted(bases, key, side="right")) - 1
+            seg, local = self._segments[i], key - int(bases[i])
+            if by_clip:
+                assert seg.offsets is not None
+                row = int(np.searchsorted(seg.offsets, local, side="right")) - 1
+            else:
+                row = local
+            meta = seg.metadata(row)
+            if clip >= 0:
+                assert seg.offsets is not None and seg.spans is not None
+                start, end = _finite_span(*seg.spans[int(seg.offsets[row]) + clip].tolist())
+                clip_index: int | None = clip
+            else:
+                clip_index, start, end = None, None, None
+                duration = meta.get("duration")
+                if isinstance(duration, int | float) and not isinstance(duration, bool) and duration >= 0:
+                    start, end = 0.0, float(duration)
+            hits.append(Hit(seg.ids[row], score, start, end, clip_index, meta))
+        return hits
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(
+        self,
+        path: str | os.PathLike | None = None,
+        *,
+        overwrite: bool = False,
+        merge: bool = False,
+        fsync: bool = True,
+    ) -> Path:
+        """Commit the index to a directory as a new version, atomically.
+
+        Unchanged saved segments are hard-linked into the new version (a copy where the filesystem cannot
+        link), new videos become one new segment, and segments with removed videos are rewritten without
+        them. A crash at any point leaves the previous version loadable and complete (``store.py``).
+        Afterwards this object is bound to ``path`` (like "Save as") and reads its saved segments from
+        disk (memory-mapped unless loaded with ``mmap=False``; in RAM as float32 with ``float32=True``).
+
+        Args:
+            path: target directory; default: the one this index was loaded from or last saved to.
+            overwrite: replace an index in ``path`` that this object was not loaded from.
+            merge: rewrite everything as one segment (fewer, larger blocks; costs a full rewrite).
+                Without it, saving an unchanged index to where it was loaded from does nothing.
+            fsync: flush files and directories to stable storage (survives power loss, not only crashes).
+
+        Returns:
+            The directory.
+
+        Raises:
+            InvalidInputError: no ``path`` and the index was never saved.
+            IndexFormatError: ``path`` exists and holds something other than an index.
+            IndexLockedError: another writer holds ``path``.
+            IndexConflictError: ``path`` holds another index (``overwrite=True`` replaces it) or a version
+                newer than the one this object was loaded from.
+        """
+        if path is None and self._path is None:
+            raise InvalidInputError("save: this index was never saved; pass a directory path")
+        root = Path(path).absolute() if path is not None else self._path
+        assert root is not None
+        if not store.is_index_dir_or_empty(root):
+            raise IndexFormatError(
+                f"cannot save index to {root}: it exists and holds other files "
+                "(choose a new or empty directory)"
+            )
+        bound_here = self._path is not None and root.resolve() == self._path.resolve()
+        if bound_here and not self._dirty and not merge and store.read_current(root) == self._version:
+            return root  # nothing to commit
+        lock = self._lock if bound_here and self._lock is not None else WriterLock(root)
+        root.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+        try:
+            current = store.read_current(root)
+            expected = self._version if bound_here else None
+            if current is not None and current != expected and not overwrite:
+                raise IndexConflictError(
+                    f"cannot save to {root}: it holds version {current}, but this index was "
+                    + (
+                        f"loaded at version {expected}; another writer committed in between (load it "
+                        "again and re-apply the changes)"
+                        if bound_here
+                        else "not loaded from there; pass overwrite=True to replace it"
+                    )
+                )
+            store.remove_leftovers(root)
+            name = store.new_version_name(root)
+            tmp = store.temp_dir(root, name)
+            tmp.mkdir()
+            try:
+                entries = self._write_segments(tmp, merge, fsync)
+                manifest = self._manifest(name, current, entries)
+                store.commit(root, tmp, name, manifest, fsync)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            vdir = root / name
+            self._segments = [
+                _Segment.open(vdir / e["name"], e, self.scoring, self.dim, self._mmap, False, self._float32)
+                for e in entries
+            ]
+            self._locate = None
+            self._dirty = False
+        finally:
+            lock.release()
+        self._bind(root, name)
+        return root
+
+    def _write_segments(self, tmp: Path, merge: bool, fsync: bool) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        pending: list[tuple[_Segment, np.ndarray | None]] = []
+        for seg in self._segments:
+            live = int(np.count_nonzero(seg.alive))
+            if live == 0:
+                continue
+            keep = None if live == len(seg) else np.flatnonzero(seg.alive)
+            if merge or seg.source is None:
+                pending.append((seg, keep))
+            elif keep is not None:  # compaction: rewrite without the removed videos
+                entries.append(self._write_segment(tmp, [(seg, keep)], fsync))
+            else:
+                assert seg.name is not None
+                try:
+                    SegmentFiles.link(seg.source, tmp / seg.name, seg.files)
+                except FileNotFoundError:  # its version was collected meanwhile ("save as" elsewhere):
+                    shutil.rmtree(tmp / seg.name, ignore_errors=True)  # write it from our mapped copy
+                    entries.append(self._write_segment(tmp, [(seg, None)], fsync))
+                    continue
+                entries.append(
+                    {"name": seg.name, "videos": len(seg), "clips": seg.num_clips, "files": seg.files}
+                )
+        store.crash_point("linked")
+        if pending:  # unsaved segments always come after saved ones, so appending keeps insertion order
+            entries.append(self._write_segment(tmp, pending, fsync))
+        return entries
+
+    def _write_segment(self, tmp: Path, parts: list[tuple[_Segment, np.ndarray | None]], fsync: bool) -> dict:
+        name = f"seg-{self._next_segment:06d}"
+        self._next_segment += 1
+        segs = [seg for seg, _ in parts]
+        rows_of = [np.arange(len(seg)) if keep is None else keep for seg, keep in parts]
+        ids = [seg.ids[i] for seg, rows in zip(segs, rows_of, strict=True) for i in rows]
+        lines = (seg.metadata_line(int(i)) for seg, rows in zip(segs, rows_of, strict=True) for i in rows)
+        offsets = clip_chunks = spans = vector_chunks = None
+        if self.scoring.uses_clips:
+            counts = np.concatenate(
+                [np.diff(seg.offsets)[rows] for seg, rows in zip(segs, rows_of, strict=True)]
+            )
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            clip_idx = [None if keep is None else _clip_rows(seg.offsets, keep) for seg, keep in parts]
+            pairs = list(zip(segs, clip_idx, strict=True))
+            clip_chunks = itertools.chain.from_iterable(
+                store.iter_chunks(seg.clips, idx, _WRITE_CHUNK) for seg, idx in pairs
+            )
+            spans = np.concatenate(
+                [np.asarray(seg.spans if idx is None else seg.spans[idx]) for seg, idx in pairs]
+            )
+        if self.scoring.uses_video_vectors:
+            vector_chunks = itertools.chain.from_iterable(
+                store.iter_chunks(seg.vectors, keep, _WRITE_CHUNK) for seg, keep in parts
+            )
+        files = SegmentFiles.write(
+            tmp / name,
+            dim=self.dim,
+            ids=ids,
+            metadata_lines=lines,
+            offsets=offsets,
+            clip_chunks=clip_chunks,
+            spans=spans,
+            vector_chunks=vector_chunks,
+            fsync=fsync,
+        )
+        store.crash_point("segment")
+        return {
+            "name": name,
+            "videos": len(ids),
+            "clips": 0 if offsets is None else int(offsets[-1]),
+            "files": files,
+        }
+
+    def _manifest(self, name: str, previous: str | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "format": store.FORMAT,
+            "format_version": store.FORMAT_VERSION,
+            "created_by": f"prvr-sdk {__version__}",
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "version": name,
+            "previous": previous,
+            "dim": self.dim,
+            "scoring": self.scoring.to_dict(),
+            "model": self.model,
+            "bundle_sha256": self.bundle_sha256,
+            "dtypes": {"clips": "float16", "video_vecs": "float16", "spans": "float64", "offsets": "int64"},
+            "counts": {
+                "videos": sum(e["videos"] for e in entries),
+                "clips": sum(e["clips"] for e in entries),
+                "segments": len(entries),
+            },
+            "next_segment": self._next_segment,
+            "segments": entries,
+        }
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        mmap: bool = True,
+        bundle_sha256: str | None = None,
+        model: str | None = None,
+        dim: int | None = None,
+        verify: bool = False,
+        float32: bool = False,
+    ) -> ExactIndex:
+        """Open the live version of an index directory.
+
+        Args:
+            path: the index directory.
+            mmap: map clip and video-vector files instead of reading them (pages load on first search and
+                are shared between processes).
+            bundle_sha256: refuse the index unless it was built for this bundle (the Retriever passes its
+                bundle's hash).
+            model: refuse the index unless it records this model name.
+            dim: refuse the index unless its embeddings have this size.
+            verify: check every file's sha256 (reads every byte); sizes are always checked.
+            float32: keep a decoded float32 copy of the vectors in RAM (twice the float16 size, built at
+                load) instead of decoding float16 blocks during every search. Same results; faster when
+                BLAS runs several threads and queries come one at a time (``bench/index.py``).
+
+        Raises:
+            IndexFormatError: not an index; a file missing, truncated or (``verify``) corrupted.
+            IndexMismatchError: ``bundle_sha256``, ``model`` or ``dim`` differ from the index's.
+        """
+        root = Path(path).absolute()
+        for attempt in range(3):
+            name, manifest = store.open_current(root)
+            index = cls._from_manifest(manifest, root)
+            index._check_expected(root, bundle_sha256, model, dim)
+            index._mmap, index._float32 = mmap, float32
+            try:
+                index._segments = [
+                    _Segment.open(root / name / e["name"], e, index.scoring, index.dim, mmap, verify, float32)
+                    for e in manifest["segments"]
+                ]
+            except (FileNotFoundError, IndexFormatError):
+                if attempt < 2 and store.read_current(root) != name:
+                    continue  # a writer replaced the version while we opened it
+                raise
+            index._next_segment = int(manifest.get("next_segment", len(index._segments) + 1))
+            index._bind(root, name)
+            return index
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _from_manifest(cls, manifest: dict[str, Any], root: Path) -> ExactIndex:
+        try:
+            index = cls(
+                manifest["dim"], manifest["scoring"], manifest.get("bundle_sha256"), manifest.get("model")
+            )
+            segments = manifest["segments"]
+            if not isinstance(segments, list) or not all(
+                isinstance(e, dict) and "name" in e for e in segments
+            ):
+                raise TypeError("segments must be a list of objects with a name")
+        except (KeyError, TypeError, InvalidInputError) as exc:
+            raise IndexFormatError(f"{root}: malformed index manifest ({exc})") from None
+        return index
+
+    def _check_expected(
+        self, root: Path, bundle_sha256: str | None, model: str | None, dim: int | None
+    ) -> None:
+        where = f"index {root}"
+        if bundle_sha256 is not None and bundle_sha256 != self.bundle_sha256:
+            recorded = self.bundle_sha256 or "none (built without a bundle hash)"
+            raise IndexMismatchError(
+                f"{where} was built for bundle sha256 {recorded}, not the expected "
+                f"{bundle_sha256}; rebuild the index with this bundle"
+            )
+        if model is not None and model != self.model:
+            raise IndexMismatchError(
+                f"{where} was built for model {self.model!r}, not the expected {model!r}"
+            )
+        if dim is not None and dim != self.dim:
+            raise IndexMismatchError(f"{where} stores {self.dim}-dimensional embeddings, expected {dim}")

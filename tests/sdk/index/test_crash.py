@@ -1,0 +1,163 @@
+"""A writer SIGKILLed at any point of a save leaves a loadable, complete index; one writer at a time.
+
+The writer runs in a subprocess. ``PRVR_INDEX_CRASH_AT=<stage>`` makes it SIGKILL itself at a named point
+of the save (deterministic, every stage covered); one test instead kills it from outside while it pauses
+between files (``PRVR_INDEX_SAVE_PAUSE``), as an operator or the OOM killer would. Hooks: store.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from prvr_sdk.index import ExactIndex, IndexLockedError
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+
+# The writer: loads the index, removes two videos, adds a larger segment, saves.
+WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from prvr_sdk.features import l2_normalize
+    from prvr_sdk.index import ExactIndex
+    root, mode = sys.argv[1], sys.argv[2]
+    index = ExactIndex.load(root)
+    index.remove(["vid0000", "vid0001"])
+    rng = np.random.default_rng(0)
+    clips = [l2_normalize(rng.standard_normal((16, 32))) for _ in range(400)]
+    vecs = l2_normalize(rng.standard_normal((400, 32)))
+    index.add([f"new{i}" for i in range(400)], clip_embs=clips, video_embs=vecs)
+    if mode == "hold":  # keep the lock (taken by the first change) until killed
+        print("holding", flush=True)
+        sys.stdin.read()
+    index.save()
+    print("saved", flush=True)
+    """
+)
+STAGES_BEFORE_COMMIT = ["segment-file", "segment", "linked", "manifest", "renamed", "pointer"]
+STAGES_AFTER_COMMIT = ["committed", "gc"]
+
+
+@pytest.fixture
+def saved(ix, tmp_path):
+    corpus = ix.make_corpus(num_videos=20, seed=31)
+    index = ExactIndex(32, ix.RULES["weighted"])
+    index.add(**corpus.add_kwargs("weighted", slice(0, 12)))
+    index.save(tmp_path / "idx")
+    index.add(**corpus.add_kwargs("weighted", slice(12, 20)))
+    index.save()  # two segments in version v000002
+    before = [[(h.video_id, h.clip_index) for h in hits] for hits in index.search(corpus.queries, top_k=8)]
+    index.close()
+    return tmp_path / "idx", corpus, before
+
+
+def start_writer(tmp_path, root, mode="save", **env):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(root), mode],
+        env={**os.environ, **env},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def assert_old_index_intact(root, corpus, before):
+    index = ExactIndex.load(root, verify=True)
+    assert index.info()["version"] == "v000002"
+    assert index.ids() == corpus.ids
+    assert [
+        [(h.video_id, h.clip_index) for h in hits] for hits in index.search(corpus.queries, top_k=8)
+    ] == before
+
+
+def assert_new_index(root, corpus):
+    index = ExactIndex.load(root, verify=True)
+    assert index.info()["version"] == "v000003"
+    assert len(index) == 20 - 2 + 400 and "vid0000" not in index and "new399" in index
+
+
+@pytest.mark.parametrize("stage", STAGES_BEFORE_COMMIT + STAGES_AFTER_COMMIT)
+def test_kill_at_every_stage_of_save(saved, tmp_path, stage):
+    root, corpus, before = saved
+    proc = start_writer(tmp_path, root, PRVR_INDEX_CRASH_AT=stage)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, out, err)
+    assert (root / "LOCK").exists()  # the killed writer could not clean up
+    if stage in STAGES_BEFORE_COMMIT:
+        assert_old_index_intact(root, corpus, before)
+    else:
+        assert_new_index(root, corpus)
+    # The next writer breaks the stale lock (its pid is gone) and cleans up the leftovers.
+    index = ExactIndex.load(root)
+    index.remove(["vid0005"])
+    index.save()
+    assert not (root / "LOCK").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert len([p for p in root.iterdir() if p.name.startswith("v")]) == 1
+    assert "vid0005" not in ExactIndex.load(root, verify=True)
+
+
+def test_kill_from_outside_mid_save(saved, tmp_path):
+    root, corpus, before = saved
+    proc = start_writer(tmp_path, root, PRVR_INDEX_SAVE_PAUSE="0.3")
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".tmp-") for p in root.iterdir()):  # the save has started
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert [p for p in root.iterdir() if p.name.startswith(".tmp-")]  # killed with a half-written version
+    assert_old_index_intact(root, corpus, before)
+
+
+def test_second_writer_process_gets_a_clear_error(saved, tmp_path, ix):
+    root, corpus, before = saved
+    proc = start_writer(tmp_path, root, mode="hold")
+    try:
+        assert proc.stdout.readline().strip() == "holding", proc.stderr.read()
+        index = ExactIndex.load(root)  # reading is fine while another process writes
+        assert len(index.search(corpus.queries, top_k=3)) == len(corpus.queries)
+        with pytest.raises(IndexLockedError) as err:
+            index.remove(["vid0003"])
+        message = str(err.value)
+        assert str(root / "LOCK") in message and f"pid {proc.pid}" in message
+        assert err.value.owner["pid"] == proc.pid
+        fresh = ExactIndex(32, ix.RULES["weighted"])
+        fresh.add(**corpus.add_kwargs("weighted", slice(0, 2)))
+        with pytest.raises(IndexLockedError):
+            fresh.save(root, overwrite=True)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    index.remove(["vid0003"])  # the writer died: its lock is stale and gets broken
+    index.save()
+    assert_ids = ExactIndex.load(root).ids()
+    assert "vid0003" not in assert_ids and len(assert_ids) == 19
+
+
+def test_lock_from_another_host_is_not_broken(saved):
+    root, corpus, _ = saved
+    (root / "LOCK").write_text('{"pid": 1, "host": "elsewhere.example", "since": "then", "token": "x"}')
+    index = ExactIndex.load(root)
+    with pytest.raises(IndexLockedError, match=r"cannot check.*rm .*LOCK"):
+        index.remove(["vid0001"])
+    assert len(index) == 20
+    from prvr_sdk.index import break_lock
+
+    with pytest.raises(IndexLockedError):
+        break_lock(root)
+    assert break_lock(root, force=True)
+    index.remove(["vid0001"])
+    index.save()
+    assert np.isin("vid0001", ExactIndex.load(root).ids(), invert=True)
