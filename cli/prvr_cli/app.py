@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import prvr_sdk
-from prvr_cli import doctor
+from prvr_cli import data, doctor, evaluate, train
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
 # What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
@@ -52,6 +52,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold large arrays
 )
 app.command(name="doctor")(doctor.doctor)
+app.command(name="train")(train.train)
+app.command(name="eval")(evaluate.evaluate)
+app.add_typer(data.app, name="data")
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,83 @@
+"""`prvr eval`: score a trained checkpoint on a split with the PRVR protocol (MODELS.md §1.5, §6.4).
+
+Prints R@1/5/10/100 and SumR (MUSE: R@1/5/10, MdR, MnR), plus moment localisation (mean IoU of the
+winning clip's span with the true span, R@1 at IoU >= 0.5) when the collection records spans. A table on
+stdout, or one JSON object with ``--json``. Without ``--checkpoint`` the newest ``runs/*/best.pt`` is used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from prvr_sdk.errors import PrvrError, exit_code_for
+
+RUNS_DIR = Path("runs")
+SPLITS = ("train", "val", "test")
+_MOMENT_KEYS = ("mIoU", "R@1,IoU>=0.5")
+
+
+def render_table(result: dict) -> Table:
+    """One row of headline metrics (and moment-localisation metrics when present)."""
+    keys = list(result["headline"]) + [k for k in _MOMENT_KEYS if k in result]
+    table = Table(
+        title=f"{result['model']} on {result['dataset']} / {result['split']}: "
+        f"{result['queries']} queries, {result['videos']} videos",
+        title_justify="left",
+    )
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{result[k]:.2f}" if k in ("MdR", "MnR") else f"{result[k]:.1f}" for k in keys))
+    return table
+
+
+def evaluate(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="best.pt / last.pt, or a run directory \\[default: newest runs/*/best.pt]."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help=f"Split to score: {', '.join(SPLITS)}.")] = "test",
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-root", help="Folder holding <dataset>/ \\[default: the one the run trained on]."
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Collection \\[default: the run's].")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto.")] = "auto",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object to stdout instead of a table.")
+    ] = False,
+) -> None:
+    """Evaluate a trained checkpoint: R@K / SumR (or MdR/MnR) and moment localisation."""
+    err = Console(stderr=True)
+    try:
+        from prvr_export.train.checkpoint import latest_checkpoint
+        from prvr_export.train.evaluate import evaluate_checkpoint
+        from prvr_sdk.errors import InvalidInputError
+
+        if split not in SPLITS:
+            raise InvalidInputError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
+        if checkpoint is None:
+            checkpoint = latest_checkpoint(RUNS_DIR)
+            err.print(f"checkpoint: {escape(str(checkpoint))}", highlight=False, soft_wrap=True)
+        if data_root is not None and not data_root.is_dir():
+            raise InvalidInputError(f"--data-root {data_root}: folder not found")
+        result = evaluate_checkpoint(checkpoint, split, data_root=data_root, dataset=dataset, device=device)
+    except PrvrError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=exit_code_for(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        Console().print(render_table(result))
