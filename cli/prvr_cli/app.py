@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import prvr_sdk
-from prvr_cli import data, doctor, evaluate, train
+from prvr_cli import data, doctor, evaluate, export, train
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
 # What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
@@ -54,6 +54,7 @@ app = typer.Typer(
 app.command(name="doctor")(doctor.doctor)
 app.command(name="train")(train.train)
 app.command(name="eval")(evaluate.evaluate)
+app.command(name="export")(export.export)
 app.add_typer(data.app, name="data")
 
 

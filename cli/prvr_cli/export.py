@@ -1,0 +1,105 @@
+"""`prvr export`: a trained checkpoint -> a validated ONNX bundle (video and text encoder + manifest).
+
+Without --checkpoint it takes the newest run of that model under --runs-dir (and says which). The
+parity table goes to stderr; a parity failure exits with code 4 and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from prvr_sdk.errors import InvalidInputError, PrvrError, exit_code_for
+
+MODELS = ("mamfusion", "amdnet", "muse")
+
+
+def newest_run(runs_dir: Path, model: str) -> Path:
+    """The most recently written ``<runs_dir>/*/best.pt`` whose run trained ``model``."""
+    runs = []
+    for ckpt in runs_dir.glob("*/best.pt") if runs_dir.is_dir() else []:
+        try:
+            meta = json.loads((ckpt.parent / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if meta.get("model_name") == model:
+            runs.append(ckpt)
+    if not runs:
+        raise InvalidInputError(
+            f"no trained {model} run under {runs_dir}/: train one with `prvr train --model {model} "
+            f"--dataset demo --data-root DATA --out {runs_dir}/{model}-demo`, or pass --checkpoint PATH"
+        )
+    return max(runs, key=lambda p: p.stat().st_mtime)
+
+
+def export(
+    model: Annotated[str, typer.Option("--model", help=f"One of {', '.join(MODELS)}.")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="best.pt / last.pt or a run directory [default: newest run of --model]."
+        ),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where to look for runs.")] = Path("runs"),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Bundle directory [default: bundles/<model>-<dataset>].")
+    ] = None,
+    opset: Annotated[int, typer.Option("--opset", min=18, help="ONNX opset of the graphs.")] = 18,
+    validate: Annotated[
+        bool, typer.Option("--validate/--no-validate", help="Check ONNX Runtime against torch.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+) -> None:
+    """Export a trained model to an ONNX bundle and check ONNX Runtime against torch (exit 4 on mismatch)."""
+    err = Console(stderr=True)
+    try:
+        if model not in MODELS:
+            raise InvalidInputError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
+        if checkpoint is None:
+            checkpoint = newest_run(runs_dir, model)
+            err.print(f"using the newest {model} checkpoint: {checkpoint}")
+        elif checkpoint.is_dir():
+            checkpoint = checkpoint / "best.pt"
+        from prvr_export.onnx_export.bundle import export_bundle, parity_table
+        from prvr_export.train.evaluate import load_checkpoint
+
+        net, config = load_checkpoint(checkpoint)
+        if net.name != model:
+            raise InvalidInputError(f"{checkpoint} holds a {net.name} model, not {model}")
+        meta = json.loads((checkpoint.parent / "config.json").read_text())
+        dataset = meta.get("dataset", "demo")
+        out = out or Path("bundles") / f"{model}-{dataset}"
+        err.print(f"exporting {model} ({dataset}) to {out} …")
+        manifest = export_bundle(
+            net,
+            config,
+            out,
+            model_name=model,
+            dataset=dataset,
+            opset=opset,
+            validate=validate,
+            checkpoint=checkpoint,
+        )
+    except PrvrError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+        raise typer.Exit(code=exit_code_for(exc)) from None
+    if validate:
+        err.print(parity_table(manifest), highlight=False, markup=False)
+    summary = {
+        "bundle": str(out),
+        "model": model,
+        "dataset": dataset,
+        "checkpoint": str(checkpoint),
+        "scoring": manifest["scoring"],
+        "outputs": manifest["outputs"],
+        "parity": {g: r["max_abs_diff"] for g, r in manifest.get("parity", {}).items()},
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        typer.echo(f"bundle written to {out}")
