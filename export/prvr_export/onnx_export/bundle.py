@@ -26,6 +26,7 @@ import torch
 from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk.errors import BundleError, ParityError
 
+from ..scoring import l2_normalize
 from .scan_function import attach_selective_scan_function, custom_translation_table
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,10 @@ class _VideoEncoder(torch.nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model.encode_video(**dict(zip(self.inputs, xs, strict=True)))
-        return tuple(out[k] for k in self.outputs)
+        # Unit vectors out (the index stores them and scores by plain dot products), normalised with the
+        # same eps as the models' own cosine (prvr_export.scoring.l2_normalize).
+        # Only embeddings (``*_emb``); other outputs such as AMDNet's moment anchors pass through.
+        return tuple(l2_normalize(out[k]) if k.endswith("_emb") else out[k] for k in self.outputs)
 
 
 class _TextEncoder(torch.nn.Module):
@@ -63,7 +67,7 @@ class _TextEncoder(torch.nn.Module):
         self.model = model
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(*xs)
+        return l2_normalize(self.model.encode_text(*xs))
 
 
 def _frames_len(config: Any) -> int:
@@ -314,6 +318,7 @@ def _manifest(model, config, model_name, dataset, opset, atol, video_spec, text_
         },
         "outputs": {"video_encoder": list(video_spec.outputs), "text_encoder": list(text_spec.outputs)},
         "scoring": _scoring(model_name, config),
+        "normalized": True,  # every *_emb output is L2-normalised in the graph: scores are dot products
         "precision": "fp32",
         "opset": opset,
         "parity": report,

@@ -79,6 +79,14 @@ def test_onnx_scores_equal_model_score(exported):
             clip_scores, frame, rule.get("clip_weight", 1.0), rule.get("frame_weight", 0.0)
         )
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    # Outputs are unit vectors, so the runtime's plain dot product is the model's cosine.
+    assert manifest["normalized"] is True
+    for arr in (text_emb, *video_out):
+        np.testing.assert_allclose(np.linalg.norm(arr, axis=-1), 1.0, atol=1e-4)
+    if rule["kind"] == "max_clip":
+        np.testing.assert_allclose(
+            (text_emb @ named["clip_emb"].transpose(0, 2, 1)).max(-1).T, expected.numpy(), atol=1e-5
+        )
 
 
 def test_graphs_have_no_aten_fallback(exported):
