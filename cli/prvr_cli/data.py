@@ -56,7 +56,9 @@ def demo(
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
         return
-    Console().print(_summary_table(summary.to_dict()))
+    out_console = Console()
+    out_console.print(_summary_table(summary.to_dict()))
+    out_console.print(_summary_line(summary.to_dict()), highlight=False)
 
 
 def _summary_table(summary: dict) -> Table:
@@ -66,10 +68,13 @@ def _summary_table(summary: dict) -> Table:
     table.add_column("captions", justify="right")
     for split, count in summary["videos"].items():
         table.add_row(split, str(count), str(summary["captions"][split]))
-    total_mb = sum(summary["files"].values()) / 2**20
-    table.caption = (
-        f"{summary['frames']} frames x {summary['video_dim']}-d, text {summary['text_dim']}-d; "
-        f"{len(summary['files'])} files, {total_mb:.1f} MiB; "
-        f"{summary['seconds']:.1f} s (text encoder {summary['encode_seconds']:.1f} s); seed {summary['seed']}"
-    )
     return table
+
+
+def _summary_line(summary: dict) -> str:
+    total_mb = sum(summary["files"].values()) / 2**20
+    return (
+        f"{summary['frames']} frames x {summary['video_dim']}-d, text {summary['text_dim']}-d; "
+        f"{len(summary['files'])} files, {total_mb:.1f} MiB; {summary['seconds']:.1f} s "
+        f"(text encoder {summary['encode_seconds']:.1f} s); seed {summary['seed']}"
+    )

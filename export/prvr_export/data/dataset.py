@@ -312,7 +312,7 @@ def open_dataset(dataset: str, data_root: str | os.PathLike, config: Any, *, cac
 
 
 class TrainSet(Dataset):
-    """Item = ``{"video_id", "clips", "frames"` | "patches", "queries": [per caption], "caption_ids"}``."""
+    """Item = ``{"video_id", "clips", "frames" (or "patches"), "queries": [per caption], "caption_ids"}``."""
 
     def __init__(self, data: PRVRData) -> None:
         self.data = data
