@@ -77,6 +77,14 @@ def _frames_len(config: Any) -> int:
     )
 
 
+def _right_padded_mask(batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """[batch, length] float mask with random valid lengths in 1..length; row 0 is full, so the padded
+    length is really used."""
+    valid = torch.randint(1, length + 1, (batch,), generator=gen)
+    valid[0] = length
+    return (torch.arange(length)[None, :] < valid[:, None]).float()
+
+
 def _video_inputs(model, config, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     dv = config.video_feat_dim
     make = {
@@ -86,20 +94,16 @@ def _video_inputs(model, config, batch: int, length: int, gen: torch.Generator) 
     }
     out = {name: make[name]() for name in model.video_inputs if name in make}
     if "frame_mask" in model.video_inputs:
-        valid = torch.randint(1, length + 1, (batch,), generator=gen)
-        valid[0] = length  # one full-length video per batch, so the padded length is really used
-        out["frame_mask"] = (torch.arange(length)[None, :] < valid[:, None]).float()
+        out["frame_mask"] = _right_padded_mask(batch, length, gen)
     return out
 
 
 def _text_inputs(config, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     if config.query_type == "sentence":
         return {"query": torch.randn(batch, config.query_feat_dim, generator=gen)}
-    valid = torch.randint(1, length + 1, (batch,), generator=gen)
-    valid[0] = length
     return {
         "query": torch.randn(batch, length, config.query_feat_dim, generator=gen),
-        "query_mask": (torch.arange(length)[None, :] < valid[:, None]).float(),
+        "query_mask": _right_padded_mask(batch, length, gen),
     }
 
 
