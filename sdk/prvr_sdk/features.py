@@ -41,6 +41,7 @@ __all__ = [
     "l2_normalize",
     "pool_clips",
     "sample_frames",
+    "uniform_frame_indices",
     "validate_frames",
 ]
 
@@ -145,6 +146,19 @@ def sample_frames(frames: np.ndarray, max_frames: int) -> np.ndarray:
     if arr.shape[0] <= max_frames:
         return np.array(arr, dtype=np.float32)  # always a copy: callers may normalise in place
     return _mean_pool(arr, clip_bounds(arr.shape[0], max_frames))
+
+
+def uniform_frame_indices(num_frames: int, max_frames: int) -> np.ndarray:
+    """CLIP4Clip's frame choice (``slice_framepos`` 2), used by MUSE: all frames, or ``max_frames`` of them at
+    linspace positions (MODELS.md §6.1).
+
+    Returns:
+        int64 ``[min(num_frames, max_frames)]``, increasing; positions are floored, as numpy's
+        ``linspace(..., dtype=int)`` does.
+    """
+    if num_frames <= max_frames:
+        return np.arange(num_frames, dtype=np.int64)
+    return np.floor(np.linspace(0, num_frames - 1, num=max_frames)).astype(np.int64)
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = L2_EPS) -> np.ndarray:

@@ -39,7 +39,8 @@ import torch
 from torch.utils.data import Dataset
 
 from prvr_sdk.errors import InvalidInputError
-from prvr_sdk.features import l2_normalize, pool_clips, sample_frames
+from prvr_sdk.features import uniform_frame_indices
+from prvr_sdk.inputs import TextSpec, VideoSpec, pad_queries, pad_videos, prepare_query, prepare_video
 
 from .layout import SPLITS, caption_path, collection_files
 from .readers import BigFileVideos, Caption, H5Features, read_captions, read_meta
@@ -59,7 +60,6 @@ __all__ = [
 
 QUERY_TYPES = ("tokens", "sentence")
 VIDEO_SOURCES = ("bigfile", "hdf5", "patches")
-QUERY_EPS = 1e-5  # MODELS §1.3: eps added to the norm
 
 
 @dataclass(frozen=True)
@@ -118,17 +118,16 @@ class DataSettings:
                 )
         return settings
 
+    def video_spec(self) -> VideoSpec:
+        """The runtime's spec of the same inputs (``prvr_sdk.inputs``: one preparation for both sides)."""
+        if self.video_source == "patches":
+            grid = int(self.patch_grid or 0)
+            return VideoSpec(self.video_feat_dim, self.num_clips, int(self.max_frames or 0),
+                             self.normalize_video, 1 + grid * grid)
+        return VideoSpec(self.video_feat_dim, self.num_clips, self.max_ctx_l, self.normalize_video)
 
-def uniform_frame_indices(num_frames: int, max_frames: int) -> np.ndarray:
-    """CLIP4Clip's frame choice (``slice_framepos`` 2): all frames, or ``max_frames`` at linspace positions.
-
-    Returns:
-        int64 ``[min(num_frames, max_frames)]``, increasing; positions are floored, as numpy's
-        ``linspace(..., dtype=int)`` does.
-    """
-    if num_frames <= max_frames:
-        return np.arange(num_frames, dtype=np.int64)
-    return np.floor(np.linspace(0, num_frames - 1, num=max_frames)).astype(np.int64)
+    def text_spec(self) -> TextSpec:
+        return TextSpec(self.query_type, self.query_feat_dim, self.max_desc_l, self.normalize_query)
 
 
 class PRVRData:
@@ -250,19 +249,8 @@ class PRVRData:
         cached = self._video_cache.get(video_id)
         if cached is not None:
             return cached
-        s = self.settings
         raw = self._video_store().read(video_id)
-        if s.video_source == "patches":
-            patches = raw[uniform_frame_indices(len(raw), s.max_frames)]  # [T, 1+P, C]
-            if s.normalize_video:
-                patches = l2_normalize(patches, axis=-1)
-            item = {"patches": np.ascontiguousarray(patches, dtype=np.float32)}
-        else:
-            clips = pool_clips(raw, s.num_clips)  # [Nc, Dv]
-            frames = sample_frames(raw, s.max_ctx_l)  # [Lf, Dv]
-            if s.normalize_video:
-                clips, frames = l2_normalize(clips), l2_normalize(frames)
-            item = {"clips": clips, "frames": frames}
+        item = prepare_video(raw, self.settings.video_spec())
         if self.cache:
             self._video_cache[video_id] = item
         return item
@@ -272,12 +260,7 @@ class PRVRData:
         cached = self._query_cache.get(cap_id)
         if cached is not None:
             return cached
-        s = self.settings
-        value = self._query_store().read(cap_id)
-        if s.normalize_query:
-            value = l2_normalize(value, axis=-1, eps=QUERY_EPS)
-        if s.query_type == "tokens":
-            value = np.ascontiguousarray(value[: s.max_desc_l])
+        value = prepare_query(self._query_store().read(cap_id), self.settings.text_spec())
         if self.cache:
             self._query_cache[cap_id] = value
         return value
@@ -391,31 +374,12 @@ def _num_steps(item: dict[str, Any]) -> int:
 
 def _collate_video_part(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """clips [B, Nc, Dv] + frames [B, Lf, Dv] zero-padded, or patches [B, T, 1+P, C]; frame_mask [B, Lf|T]."""
-    key = "patches" if "patches" in items[0] else "frames"
-    lengths = [len(item[key]) for item in items]
-    first = items[0][key]
-    padded = np.zeros((len(items), max(lengths), *first.shape[1:]), dtype=np.float32)
-    mask = np.zeros((len(items), max(lengths)), dtype=np.float32)
-    for b, (item, n) in enumerate(zip(items, lengths, strict=True)):
-        padded[b, :n] = item[key]
-        mask[b, :n] = 1.0
-    batch = {key: torch.from_numpy(padded), "frame_mask": torch.from_numpy(mask)}
-    if key == "frames":
-        batch["clips"] = torch.from_numpy(np.stack([item["clips"] for item in items]).astype(np.float32))
-    return batch
+    return {k: torch.from_numpy(v) for k, v in pad_videos(items).items()}
 
 
 def _collate_query_part(queries: list[np.ndarray]) -> dict[str, torch.Tensor]:
     """Sentence vectors stacked [Nq, Dq]; token sequences zero-padded [Nq, Lq, Dq] + query_mask [Nq, Lq]."""
-    if queries[0].ndim == 1:
-        return {"query": torch.from_numpy(np.stack(queries).astype(np.float32))}
-    lengths = [len(q) for q in queries]
-    padded = np.zeros((len(queries), max(lengths), queries[0].shape[-1]), dtype=np.float32)
-    mask = np.zeros((len(queries), max(lengths)), dtype=np.float32)
-    for k, (q, n) in enumerate(zip(queries, lengths, strict=True)):
-        padded[k, :n] = q
-        mask[k, :n] = 1.0
-    return {"query": torch.from_numpy(padded), "query_mask": torch.from_numpy(mask)}
+    return {k: torch.from_numpy(v) for k, v in pad_queries(queries).items()}
 
 
 def _require_items(items: list, who: str) -> None:
