@@ -200,6 +200,22 @@ def probe_selective_scan(torch_installed: bool, timeout: float = BACKENDS_TIMEOU
     return {"backends": {}, "error": _last_line(done.stderr) or f"probe exited with status {done.returncode}"}
 
 
+def probe_runtime_choice() -> dict[str, Any]:
+    """What ``Retriever.from_bundle(backend="auto", device="auto")`` picks here, for bundles with and
+    without TensorRT engines, and why."""
+    from prvr_sdk.backends import choose
+    from prvr_sdk.errors import PrvrError
+
+    report: dict[str, Any] = {}
+    for key, has_engine in (("onnx_bundle", False), ("bundle_with_engines", True)):
+        try:
+            choice = choose("auto", "auto", has_engine=has_engine)
+            report[key] = {"backend": choice.backend, "device": choice.device, "reason": choice.reason}
+        except PrvrError as exc:
+            report[key] = {"backend": None, "device": None, "reason": _one_line(str(exc))}
+    return report
+
+
 def collect() -> dict[str, Any]:
     """The whole report, as the JSON object ``prvr doctor --json`` prints. Absent things are null."""
     distributions = installed_distributions()
@@ -216,6 +232,7 @@ def collect() -> dict[str, Any]:
         "nvcc": probe_nvcc(),
         "mamba_ssm": dist_version("mamba-ssm"),
         "selective_scan": probe_selective_scan(torch_installed=torch["version"] is not None),
+        "runtime": probe_runtime_choice(),
         "warnings": onnxruntime_warnings(distributions),
     }
 
@@ -260,6 +277,10 @@ def render_table(report: dict[str, Any]) -> Table:
         row("selective scan", scan["error"], markup="[red]unavailable:[/red] ")
     for name, status in scan["backends"].items():
         row(f"selective scan: {name}", status)
+    for key, label in (("onnx_bundle", "Retriever auto"), ("bundle_with_engines", "  with engines")):
+        pick = report.get("runtime", {}).get(key)
+        if pick:
+            row(label, f"{pick['backend']} on {pick['device']} ({pick['reason']})")
     return table
 
 

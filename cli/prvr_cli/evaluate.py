@@ -3,6 +3,8 @@
 Prints R@1/5/10/100 and SumR (MUSE: R@1/5/10, MdR, MnR), plus moment localisation (mean IoU of the
 winning clip's span with the true span, R@1 at IoU >= 0.5) when the collection records spans. A table on
 stdout, or one JSON object with ``--json``. Without ``--checkpoint`` the newest ``runs/*/best.pt`` is used.
+With ``--bundle`` the exported bundle is scored instead, through the runtime Retriever (ONNX Runtime or
+TensorRT, no torch model): the same protocol and metrics code, so the two tables must agree.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ _MOMENT_KEYS = ("mIoU", "R@1,IoU>=0.5")
 def render_table(result: dict) -> Table:
     """One row of headline metrics (and moment-localisation metrics when present)."""
     keys = list(result["headline"]) + [k for k in _MOMENT_KEYS if k in result]
+    runner = f" [{result['backend']}, {result['text']}]" if "backend" in result else " [torch]"
     table = Table(
-        title=f"{result['model']} on {result['dataset']} / {result['split']}: "
+        title=f"{result['model']}{runner} on {result['dataset']} / {result['split']}: "
         f"{result['queries']} queries, {result['videos']} videos",
         title_justify="left",
     )
@@ -54,12 +57,25 @@ def evaluate(
     dataset: Annotated[
         str | None, typer.Option("--dataset", help="Collection \\[default: the run's].")
     ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", help="Score this exported bundle with the runtime Retriever instead (needs "
+                     "--data-root)."),
+    ] = None,
+    text: Annotated[
+        str,
+        typer.Option("--text", help="With --bundle: 'features' (the stored query features) or 'strings' "
+                     "(the captions through the bundle's text front end)."),
+    ] = "features",
+    backend: Annotated[
+        str, typer.Option("--backend", help="With --bundle: auto, onnxruntime or tensorrt.")
+    ] = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto.")] = "auto",
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object to stdout instead of a table.")
     ] = False,
 ) -> None:
-    """Evaluate a trained checkpoint: R@K / SumR (or MdR/MnR) and moment localisation."""
+    """Evaluate a trained checkpoint (or an exported bundle): R@K / SumR (or MdR/MnR) and moment finding."""
     err = Console(stderr=True)
     try:
         from prvr_export.train.checkpoint import latest_checkpoint
@@ -68,12 +84,23 @@ def evaluate(
 
         if split not in SPLITS:
             raise InvalidInputError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
-        if checkpoint is None:
-            checkpoint = latest_checkpoint(RUNS_DIR)
-            err.print(f"checkpoint: {escape(str(checkpoint))}", highlight=False, soft_wrap=True)
         if data_root is not None and not data_root.is_dir():
             raise InvalidInputError(f"--data-root {data_root}: folder not found")
-        result = evaluate_checkpoint(checkpoint, split, data_root=data_root, dataset=dataset, device=device)
+        if bundle is not None:
+            from prvr_export.train.evaluate import evaluate_bundle
+
+            if data_root is None:
+                raise InvalidInputError("--bundle needs --data-root (a bundle does not record its data)")
+            result = evaluate_bundle(
+                bundle, data_root, split, dataset=dataset, text=text, backend=backend, device=device
+            )
+        else:
+            if checkpoint is None:
+                checkpoint = latest_checkpoint(RUNS_DIR)
+                err.print(f"checkpoint: {escape(str(checkpoint))}", highlight=False, soft_wrap=True)
+            result = evaluate_checkpoint(
+                checkpoint, split, data_root=data_root, dataset=dataset, device=device
+            )
     except PrvrError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=exit_code_for(exc)) from None

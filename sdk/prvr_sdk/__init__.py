@@ -17,4 +17,9 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__"]
+from prvr_sdk.embeddings import VideoEmbeddings  # noqa: E402
+from prvr_sdk.hits import Hit  # noqa: E402
+from prvr_sdk.index import ExactIndex  # noqa: E402
+from prvr_sdk.retriever import Retriever  # noqa: E402
+
+__all__ = ["ExactIndex", "Hit", "Retriever", "VideoEmbeddings", "__version__"]

@@ -76,7 +76,7 @@ class VideoSpec:
         if arr.ndim != 3 or arr.shape[1:] != want:
             raise ShapeMismatchError(f"{name}: expected [num_frames, {want[0]}, {want[1]}] patch tokens, "
                                      f"got shape {arr.shape}")
-        flat = validate_frames(arr.reshape(arr.shape[0], -1), None, name=name)
+        flat = validate_frames(arr.reshape(arr.shape[0], want[0] * want[1]), None, name=name)
         return flat.reshape(arr.shape)
 
 

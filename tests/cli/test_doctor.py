@@ -27,6 +27,7 @@ REPORT_KEYS = {
     "onnxruntime",
     "tensorrt",
     "tokenizers",
+    "runtime",
     "nvcc",
     "mamba_ssm",
     "selective_scan",
@@ -50,6 +51,16 @@ def test_doctor_json_has_the_documented_keys(doctor_json: dict) -> None:
     assert set(doctor_json["onnxruntime"]) == {"version", "providers", "distributions", "error"}
     assert set(doctor_json["nvcc"]) == {"path", "release", "error"}
     assert isinstance(doctor_json["warnings"], list)
+
+
+def test_doctor_reports_the_retrievers_auto_choice(doctor_json: dict) -> None:
+    from prvr_sdk.backends import choose
+
+    for key, has_engine in (("onnx_bundle", False), ("bundle_with_engines", True)):
+        expected = choose("auto", "auto", has_engine=has_engine)
+        assert doctor_json["runtime"][key] == {
+            "backend": expected.backend, "device": expected.device, "reason": expected.reason
+        }
 
 
 def test_doctor_json_reports_numpy_version(doctor_json: dict) -> None:

@@ -240,6 +240,15 @@ class PRVRData:
 
     # -- features ------------------------------------------------------------------------------------
 
+    def raw_video(self, video_id: str) -> np.ndarray:
+        """A video's features as stored (``[Nf, Dv]`` frames or ``[Nf, 1+P, C]`` tokens), before pooling: what
+        a serving system receives (``prvr eval --bundle`` feeds these to the Retriever)."""
+        return self._video_store().read(video_id)
+
+    def raw_query(self, cap_id: str) -> np.ndarray:
+        """A caption's stored features (``[n_tokens, Dq]`` or ``[Dq]``), before normalising and cutting."""
+        return self._query_store().read(cap_id)
+
     def video(self, video_id: str) -> dict[str, np.ndarray]:
         """Model inputs of a video: ``{"clips" [Nc, Dv], "frames" [Lf, Dv]}`` or ``{"patches" [T, 1+P, C]}``.
 
@@ -249,8 +258,7 @@ class PRVRData:
         cached = self._video_cache.get(video_id)
         if cached is not None:
             return cached
-        raw = self._video_store().read(video_id)
-        item = prepare_video(raw, self.settings.video_spec())
+        item = prepare_video(self.raw_video(video_id), self.settings.video_spec())
         if self.cache:
             self._video_cache[video_id] = item
         return item
@@ -260,7 +268,7 @@ class PRVRData:
         cached = self._query_cache.get(cap_id)
         if cached is not None:
             return cached
-        value = prepare_query(self._query_store().read(cap_id), self.settings.text_spec())
+        value = prepare_query(self.raw_query(cap_id), self.settings.text_spec())
         if self.cache:
             self._query_cache[cap_id] = value
         return value

@@ -21,6 +21,7 @@ Files (``<out_dir>/demo/``, the layout of ``prvr_export.data.layout``)::
     TextData/minilm_demo_query_feat.hdf5        cap_id -> [n_tokens, 384] MiniLM token features (float16)
     TextData/minilm_sent_demo_query_feat.hdf5   cap_id -> [384] MiniLM sentence features (unit norm)
     TextData/demo_meta.json                     fps, per-video duration/split/events, per-caption span
+    videos.jsonl                                {"video_id", "split", "duration"} per line (index metadata)
     FeatureData/demo_frames/                    BigFile: feature.bin, id.txt, shape.txt, video2frames.txt
     FeatureData/demo_frames_vid_features.hdf5   video_id -> [Nf, Dv], the same frames (video_source "hdf5")
     FeatureData/patch_tokens.hdf5               video_id -> [Nf, 5, Dv] (float16), for MUSE: per frame a CLS
@@ -85,6 +86,7 @@ SAME_SUBJECT_PROB, SAME_PLACE_PROB = 0.7, 0.8  # events of one video mostly shar
 PATCH_GRID = 2
 PATCH_NOISE = 0.3
 ENCODE_CHUNK = 256
+VIDEO_METADATA = "videos.jsonl"
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -485,6 +487,14 @@ def _write_files(
             "\n".join(split_lines) + "\n", encoding="utf-8"
         )
     (text_dir / files.meta).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    # Per-video metadata in the shape `prvr index build --metadata` reads: one JSON object per line.
+    (root / VIDEO_METADATA).write_text(
+        "".join(
+            json.dumps({"video_id": v.video_id, "split": v.split, "duration": v.num_frames / fps}) + "\n"
+            for v in videos
+        ),
+        encoding="utf-8",
+    )
 
     # Frames: BigFile (+ video2frames), the same frames as hdf5, and MUSE patch tokens.
     patch_proj = demo_patch_projections(video_dim)

@@ -34,6 +34,7 @@ __all__ = [
     "HEADLINE_KEYS",
     "encode_videos",
     "evaluate",
+    "evaluate_bundle",
     "evaluate_checkpoint",
     "headline",
     "load_checkpoint",
@@ -339,3 +340,82 @@ def config_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") 
         return resolve_config(payload["model_name"], payload["dataset"], saved)
     except InvalidInputError as exc:
         raise InvalidInputError(f"{source}: saved config no longer fits the registry ({exc})") from None
+
+
+def evaluate_bundle(
+    bundle: str | os.PathLike,
+    data_root: str | os.PathLike,
+    split: str = "test",
+    *,
+    dataset: str | None = None,
+    text: str = "features",
+    backend: str = "auto",
+    device: str = "auto",
+) -> dict[str, Any]:
+    """``evaluate``'s protocol run through an exported bundle with the runtime ``Retriever`` (no torch).
+
+    Videos go in as stored raw features (the Retriever pools them) and queries as stored features
+    (``text="features"``, so the numbers match ``evaluate_checkpoint`` to float tolerance) or as caption
+    strings through the bundle's text front end (``text="strings"``: the whole serving path). Metrics come
+    from the same ``prvr_sdk.metrics`` code.
+
+    Returns:
+        The keys of ``evaluate_checkpoint``, with ``bundle``, ``backend`` and ``text`` for ``checkpoint``.
+    Raises:
+        InvalidInputError: unknown ``text`` mode, empty split, or strings for a bundle without a front end.
+    """
+    from types import SimpleNamespace
+
+    from prvr_export.data import open_dataset
+    from prvr_sdk import Retriever
+    from prvr_sdk.metrics import moment_metrics, prvr_metrics
+
+    if text not in ("features", "strings"):
+        raise InvalidInputError(f"text: expected 'features' or 'strings', got {text!r}")
+    retriever = Retriever.from_bundle(bundle, backend=backend, device=device)
+    manifest = retriever.manifest
+    config = SimpleNamespace(**manifest["model"]["config"])
+    dataset = dataset or manifest["model"]["dataset"]
+    data = open_dataset(dataset, data_root, config, cache=False)
+    video_ids, captions = data.video_ids(split), data.captions(split)
+    if not video_ids or not captions:
+        raise InvalidInputError(
+            f"split {split!r} of {data!r} has {len(video_ids)} videos and {len(captions)} queries"
+        )
+    rates = {(_timing(data, vid) or (None, None))[1] for vid in video_ids} - {None}
+    if len(rates) > 1:
+        raise InvalidInputError(f"{data!r}: videos of {split!r} have different feature rates {sorted(rates)}")
+    videos = retriever.encode_video(
+        ((vid, data.raw_video(vid)) for vid in video_ids), fps=rates.pop() if rates else None
+    )
+    if text == "strings":
+        queries = retriever.encode_text([c.caption for c in captions])
+    else:
+        queries = retriever.encode_text([data.raw_query(c.cap_id) for c in captions])
+    scores, best = retriever.score(queries, videos)
+    position = {vid: i for i, vid in enumerate(video_ids)}
+    gt = np.array([position[c.video_id] for c in captions], dtype=np.int64)
+    metrics: dict[str, Any] = {k: float(v) for k, v in prvr_metrics(scores, gt).items()}
+    metrics.update(queries=len(captions), videos=len(video_ids))
+    spans = [data.span(c.cap_id) for c in captions]
+    if best is not None and videos.spans is not None:
+        pairs = [
+            (videos.clip_spans(int(gt[q]))[best[q, gt[q]]], span)
+            for q, span in enumerate(spans)
+            if span is not None
+        ]
+        pairs = [(p, t) for p, t in pairs if np.isfinite(p).all()]
+        if pairs:
+            pred, true = (np.asarray(x, dtype=np.float64) for x in zip(*pairs, strict=True))
+            metrics.update({k: float(v) for k, v in moment_metrics(pred, true).items()})
+            metrics["moment_queries"] = len(pairs)
+    return {
+        "model": retriever.model_name,
+        "dataset": dataset,
+        "split": split,
+        "bundle": str(bundle),
+        "backend": f"{retriever.choice.backend} ({retriever.choice.device})",
+        "text": text,
+        "headline": list(HEADLINE_KEYS["r1"] if retriever.model_name == "muse" else headline(config)),
+        **metrics,
+    }

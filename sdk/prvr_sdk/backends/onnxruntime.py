@@ -73,7 +73,8 @@ class OnnxRuntimeSession:
                     "onnxruntime CUDAExecutionProvider", "gpu",
                     f"device {device!r} needs onnxruntime-gpu; this onnxruntime has {available_providers()}",
                 )
-            providers = [("CUDAExecutionProvider", {"device_id": _device_index(device)}), "CPUExecutionProvider"]
+            cuda = ("CUDAExecutionProvider", {"device_id": _device_index(device)})
+            providers = [cuda, "CPUExecutionProvider"]
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.device = device
         self.provider = self._session.get_providers()[0]

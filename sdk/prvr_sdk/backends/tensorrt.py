@@ -101,7 +101,7 @@ class TensorRTSession:
         with open(path, "rb") as f:
             self._engine = self._runtime.deserialize_cuda_engine(f.read())
         if self._engine is None:
-            raise BackendUnavailableError("tensorrt", "gpu", f"{path}: TensorRT could not deserialize the engine")
+            raise BackendUnavailableError("tensorrt", "gpu", f"{path}: TensorRT could not deserialize it")
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}

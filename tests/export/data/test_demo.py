@@ -109,9 +109,16 @@ def test_layout_and_summary(tmp_path: Path, encoder) -> None:
         "FeatureData/demo_frames/video2frames.txt",
         f"FeatureData/{FILES.video_hdf5}",
         f"FeatureData/{FILES.patches}",
+        "videos.jsonl",
     }
     assert set(summary.files) == expected
     assert summary.videos == {"train": 14, "val": 3, "test": 3}
+    rows = [json.loads(line) for line in (root / "videos.jsonl").read_text().splitlines()]
+    meta = json.loads((root / f"TextData/{FILES.meta}").read_text())["videos"]
+    assert len(rows) == 20 and all(
+        r == {"video_id": r["video_id"], "split": meta[r["video_id"]]["split"],
+              "duration": meta[r["video_id"]]["duration"]} for r in rows
+    )
     assert sum(summary.captions.values()) == summary.events
     n, d = map(int, (root / "FeatureData/demo_frames/shape.txt").read_text().split())
     assert (n, d) == (summary.frames, 128)

@@ -1,0 +1,235 @@
+"""``VideoEmbeddings``: what the video encoder made of a batch of videos, ready for an index or ``score``.
+
+PRVR stores several vectors per video (one per clip, or per moment for AMDNet's moment mode) and a time
+span per vector, so a search can say *where* in the video the sentence matches. The clip vectors of all
+videos sit in one contiguous matrix with per-video offsets -- the layout of the on-disk index (DESIGN.md
+§3.4) -- so handing them to ``ExactIndex.add`` copies nothing per video.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+
+__all__ = ["VideoEmbeddings"]
+
+_FORMAT = 1
+
+
+@dataclass(frozen=True, eq=False)
+class VideoEmbeddings:
+    """Embeddings of ``Nv`` videos.
+
+    Attributes:
+        ids: video ids, in input order.
+        clip_emb: float32 ``[N_clips, D]`` unit vectors of every video's clips (moments), concatenated;
+            ``None`` for video-level models (MUSE).
+        offsets: int64 ``[Nv + 1]``: video ``i`` owns rows ``offsets[i]:offsets[i+1]`` of ``clip_emb``
+            and ``spans``.
+        spans: float64 ``[N_clips, 2]`` (start, end) seconds of each clip; NaN where unknown.
+        video_emb: float32 ``[Nv, D]`` one unit vector per video (MamFusion's frame branch, MUSE) or None.
+        durations: float64 ``[Nv]`` seconds (NaN where unknown).
+        num_frames: int64 ``[Nv]``, frame features each video had.
+        model: model name of the bundle that made them.
+        bundle_sha256: that bundle's hash; an index refuses embeddings of another bundle.
+    """
+
+    ids: list[str]
+    clip_emb: np.ndarray | None
+    offsets: np.ndarray
+    spans: np.ndarray | None
+    video_emb: np.ndarray | None
+    durations: np.ndarray
+    num_frames: np.ndarray
+    model: str | None = None
+    bundle_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        nv = len(self.ids)
+        if self.offsets.shape != (nv + 1,):
+            raise ShapeMismatchError(f"offsets: expected shape ({nv + 1},), got {self.offsets.shape}")
+        if self.clip_emb is not None and (self.clip_emb.ndim != 2 or len(self.clip_emb) != self.offsets[-1]):
+            raise ShapeMismatchError(
+                f"clip_emb: expected [{int(self.offsets[-1])}, D], got {self.clip_emb.shape}"
+            )
+        if self.video_emb is not None and self.video_emb.shape[0] != nv:
+            raise ShapeMismatchError(f"video_emb: expected [{nv}, D], got {self.video_emb.shape}")
+        if self.clip_emb is None and self.video_emb is None:
+            raise InvalidInputError("VideoEmbeddings needs clip_emb, video_emb or both")
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        parts = [f"videos={len(self)}", f"dim={self.dim}"]
+        if self.clip_emb is not None:
+            parts.append(f"clips={len(self.clip_emb)}")
+        if self.video_emb is not None:
+            parts.append("video_emb")
+        return f"VideoEmbeddings({', '.join(parts)}, model={self.model!r})"
+
+    @property
+    def dim(self) -> int:
+        return int((self.clip_emb if self.clip_emb is not None else self.video_emb).shape[1])
+
+    def _position(self, video: int | str) -> int:
+        if isinstance(video, str):
+            try:
+                return self.ids.index(video)
+            except ValueError:
+                raise InvalidInputError(f"no video {video!r} in these embeddings") from None
+        if not -len(self) <= video < len(self):
+            raise InvalidInputError(f"video index {video} out of range for {len(self)} videos")
+        return int(video) % len(self)
+
+    def clips(self, video: int | str) -> np.ndarray:
+        """``[Nc_i, D]`` clip vectors of one video (by position or id)."""
+        if self.clip_emb is None:
+            raise InvalidInputError(f"model {self.model!r} makes one vector per video; it has no clips")
+        i = self._position(video)
+        return self.clip_emb[self.offsets[i] : self.offsets[i + 1]]
+
+    def clip_spans(self, video: int | str) -> np.ndarray:
+        """``[Nc_i, 2]`` (start, end) seconds of one video's clips."""
+        if self.spans is None:
+            raise InvalidInputError(f"model {self.model!r} makes one vector per video; it has no clip spans")
+        i = self._position(video)
+        return self.spans[self.offsets[i] : self.offsets[i + 1]]
+
+    def per_video(self) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | None]]:
+        """``(id, clips [Nc_i, D] or None, spans [Nc_i, 2] or None)`` per video."""
+        for i, vid in enumerate(self.ids):
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            yield (
+                vid,
+                None if self.clip_emb is None else self.clip_emb[lo:hi],
+                None if self.spans is None else self.spans[lo:hi],
+            )
+
+    def padded_clips(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(clips [Nv, max Nc, D], mask [Nv, max Nc] bool)`` for ``scoring.max_over_clips``."""
+        counts = np.diff(self.offsets)
+        width = int(counts.max(initial=1))
+        out = np.zeros((len(self), width, self.dim), dtype=np.float32)
+        mask = np.arange(width)[None, :] < counts[:, None]
+        if self.clip_emb is not None:
+            out[mask] = self.clip_emb
+        return out, mask
+
+    def select(self, videos: Sequence[int | str]) -> VideoEmbeddings:
+        """A new ``VideoEmbeddings`` holding ``videos`` (positions or ids), in that order."""
+        pos = [self._position(v) for v in videos]
+        counts = np.diff(self.offsets)[pos] if pos else np.zeros(0, dtype=np.int64)
+        rows = (
+            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in pos])
+            if pos
+            else np.zeros(0, dtype=np.int64)
+        )
+        return VideoEmbeddings(
+            ids=[self.ids[i] for i in pos],
+            clip_emb=None if self.clip_emb is None else self.clip_emb[rows],
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            spans=None if self.spans is None else self.spans[rows],
+            video_emb=None if self.video_emb is None else self.video_emb[pos],
+            durations=self.durations[pos],
+            num_frames=self.num_frames[pos],
+            model=self.model,
+            bundle_sha256=self.bundle_sha256,
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[VideoEmbeddings]) -> VideoEmbeddings:
+        """Join embeddings made by one bundle, in order."""
+        if not parts:
+            raise InvalidInputError("concat: no embeddings to join")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.model, p.bundle_sha256, p.clip_emb is None, p.video_emb is None) != (
+                first.model, first.bundle_sha256, first.clip_emb is None, first.video_emb is None
+            ):
+                raise InvalidInputError("concat: embeddings come from different bundles or models")
+        counts = np.concatenate([np.diff(p.offsets) for p in parts])
+
+        def cat(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        return cls(
+            ids=[i for p in parts for i in p.ids],
+            clip_emb=cat("clip_emb"),
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            spans=cat("spans"),
+            video_emb=cat("video_emb"),
+            durations=np.concatenate([p.durations for p in parts]),
+            num_frames=np.concatenate([p.num_frames for p in parts]),
+            model=first.model,
+            bundle_sha256=first.bundle_sha256,
+        )
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an ``.npz`` (no pickles) atomically: a temp file renamed into place."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays = {
+            "format": np.array(_FORMAT),
+            "ids": np.array(self.ids, dtype=str),
+            "offsets": self.offsets,
+            "durations": self.durations,
+            "num_frames": self.num_frames,
+            "model": np.array(self.model or ""),
+            "bundle_sha256": np.array(self.bundle_sha256 or ""),
+        }
+        for name in ("clip_emb", "spans", "video_emb"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> VideoEmbeddings:
+        """Read what ``save`` wrote.
+
+        Raises:
+            InvalidInputError: missing file, not a VideoEmbeddings file, or a newer format.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidInputError(f"{path}: embeddings file not found (write one with `prvr encode`)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from None
+        if "format" not in data or "offsets" not in data:
+            raise InvalidInputError(f"{path}: not a VideoEmbeddings file (written by `prvr encode`)")
+        if int(data["format"]) > _FORMAT:
+            raise InvalidInputError(f"{path}: format {int(data['format'])} is newer than this prvr-sdk reads")
+        return cls(
+            ids=[str(i) for i in data["ids"]],
+            clip_emb=data.get("clip_emb"),
+            offsets=data["offsets"].astype(np.int64),
+            spans=data.get("spans"),
+            video_emb=data.get("video_emb"),
+            durations=data["durations"],
+            num_frames=data["num_frames"],
+            model=str(data["model"]) or None,
+            bundle_sha256=str(data["bundle_sha256"]) or None,
+        )
