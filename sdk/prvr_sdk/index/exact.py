@@ -325,6 +325,8 @@ class ExactIndex:
         bundle_sha256: the export bundle's hash, recorded so that ``load(bundle_sha256=...)`` can refuse
             an index built with another model.
         model: model name, recorded likewise (e.g. ``"amdnet-tvr"``).
+        bundle_path: where that bundle lives, recorded so that ``prvr search --index`` finds it without
+            ``--bundle`` (a hint only: the bundle's hash is what binds).
 
     Example:
         >>> index = ExactIndex(256, {"kind": "weighted", "clip_weight": 0.7, "frame_weight": 0.3})
@@ -342,6 +344,7 @@ class ExactIndex:
         scoring: ScoringRule | Mapping[str, Any] | str,
         bundle_sha256: str | None = None,
         model: str | None = None,
+        bundle_path: str | None = None,
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
             raise InvalidInputError(f"dim: expected a positive integer, got {dim!r}")
@@ -351,10 +354,13 @@ class ExactIndex:
             raise InvalidInputError(f"bundle_sha256: expected 64 lowercase hex digits, got {bundle_sha256!r}")
         if model is not None and not isinstance(model, str):
             raise InvalidInputError(f"model: expected a model name (str) or None, got {model!r}")
+        if bundle_path is not None and not isinstance(bundle_path, str):
+            raise InvalidInputError(f"bundle_path: expected a path (str) or None, got {bundle_path!r}")
         self.dim = int(dim)
         self.scoring = ScoringRule.parse(scoring)
         self.bundle_sha256 = bundle_sha256
         self.model = model
+        self.bundle_path = bundle_path
         self._segments: list[_Segment] = []
         self._locate: dict[str, tuple[_Segment, int]] | None = None  # id -> (segment, row), built lazily
         self._path: Path | None = None
@@ -399,6 +405,7 @@ class ExactIndex:
             "scoring": self.scoring.to_dict(),
             "model": self.model,
             "bundle_sha256": self.bundle_sha256,
+            "bundle_path": self.bundle_path,
             "videos": len(self),
             "removed_unsaved": int(sum(len(s) - np.count_nonzero(s.alive) for s in self._segments)),
             "clips": int(sum(s.num_clips for s in self._segments)),
@@ -1015,6 +1022,7 @@ class ExactIndex:
             "scoring": self.scoring.to_dict(),
             "model": self.model,
             "bundle_sha256": self.bundle_sha256,
+            "bundle_path": self.bundle_path,
             "dtypes": {"clips": "float16", "video_vecs": "float16", "spans": "float64", "offsets": "int64"},
             "counts": {
                 "videos": sum(e["videos"] for e in entries),
@@ -1080,7 +1088,11 @@ class ExactIndex:
     def _from_manifest(cls, manifest: dict[str, Any], root: Path) -> ExactIndex:
         try:
             index = cls(
-                manifest["dim"], manifest["scoring"], manifest.get("bundle_sha256"), manifest.get("model")
+                manifest["dim"],
+                manifest["scoring"],
+                manifest.get("bundle_sha256"),
+                manifest.get("model"),
+                manifest.get("bundle_path"),
             )
             segments = manifest["segments"]
             if not isinstance(segments, list) or not all(

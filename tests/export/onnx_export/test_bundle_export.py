@@ -33,7 +33,7 @@ def exported(request, tmp_path_factory):
     torch.manual_seed(0)
     model = create_model(name, "demo", TINY[name]).eval()
     out = tmp_path_factory.mktemp("bundles") / name
-    manifest = export_bundle(model, model.config, out, model_name=name, dataset="demo")
+    manifest = export_bundle(model, model.config, out, model_name=name, dataset="demo", text_frontend=None)
     return name, model, out, manifest
 
 
@@ -102,7 +102,9 @@ def test_parity_failure_raises_and_leaves_nothing(tmp_path):
     model = create_model("amdnet", "demo").eval()
     out = tmp_path / "bundle"
     with pytest.raises(ParityError, match=r"max abs diff[\s\S]*clip_emb"):
-        export_bundle(model, model.config, out, model_name="amdnet", dataset="demo", atol=0.0)
+        export_bundle(
+            model, model.config, out, model_name="amdnet", dataset="demo", atol=0.0, text_frontend=None
+        )
     assert not out.exists()
     assert not list(tmp_path.iterdir())  # the temporary directory is gone too
 

@@ -27,7 +27,7 @@ def same_results(a, b, queries, **kw):
 @pytest.mark.parametrize("mmap", [True, False])
 def test_round_trip(ix, tmp_path, kind, mmap):
     corpus = ix.make_corpus(num_videos=30, seed=21)
-    index = ExactIndex(32, ix.RULES[kind], bundle_sha256=BUNDLE, model="m")
+    index = ExactIndex(32, ix.RULES[kind], bundle_sha256=BUNDLE, model="m", bundle_path="/b/amdnet")
     index.add(**corpus.add_kwargs(kind))
     before = index.search(corpus.queries, top_k=7)
     assert index.save(tmp_path / "idx") == (tmp_path / "idx").absolute()
@@ -35,6 +35,7 @@ def test_round_trip(ix, tmp_path, kind, mmap):
         tmp_path / "idx", mmap=mmap, bundle_sha256=BUNDLE, model="m", dim=32, verify=True
     )
     assert len(loaded) == 30 and loaded.scoring == index.scoring and loaded.bundle_sha256 == BUNDLE
+    assert loaded.bundle_path == "/b/amdnet" == loaded.info()["bundle_path"]
     if kind != "video":
         assert isinstance(loaded._segments[0].clips, np.memmap) == mmap
     same_results(loaded, index, corpus.queries, top_k=7)
