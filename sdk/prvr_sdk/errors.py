@@ -7,11 +7,18 @@ same classes. Messages say what was expected, what arrived, and which tensor or 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 __all__ = [
     "EXIT_CODES",
     "BackendUnavailableError",
     "BundleError",
     "ChecksumError",
+    "IndexConflictError",
+    "IndexFormatError",
+    "IndexLockedError",
     "IndexMismatchError",
     "InvalidInputError",
     "ParityError",
@@ -65,6 +72,38 @@ class IndexMismatchError(PrvrError):
     """Raised when an index was built for another model, bundle or embedding size than the searcher's."""
 
 
+class IndexLockedError(PrvrError):
+    """Raised when another writer holds an index directory's ``LOCK`` file.
+
+    Attributes:
+        lock_path: the lock file.
+        owner: what the file says about its owner (``pid``, ``host``, ``since``), ``{}`` if unreadable.
+    """
+
+    def __init__(
+        self, message: str, lock_path: os.PathLike | str = "", owner: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.lock_path = Path(lock_path)
+        self.owner = dict(owner or {})
+
+    def __reduce__(self):  # picklable despite the extra arguments
+        return (type(self), (str(self), str(self.lock_path), self.owner))
+
+
+class IndexConflictError(PrvrError):
+    """Raised when saving would overwrite changes this object has not seen.
+
+    Either another writer committed a new version after this index was loaded or last saved (reload it
+    and apply the changes again), or ``save`` targets a directory holding an unrelated index (pass
+    ``overwrite=True`` to replace it).
+    """
+
+
+class IndexFormatError(PrvrError):
+    """Raised when a directory is not an index, or an index file is missing, truncated or corrupted."""
+
+
 # CLI exit codes. 0 is success; 2 is shared with Click's usage errors on purpose (both mean "bad input").
 EXIT_CODES: dict[type[BaseException], int] = {
     PrvrError: 1,
@@ -75,6 +114,9 @@ EXIT_CODES: dict[type[BaseException], int] = {
     BundleError: 5,
     ChecksumError: 5,
     IndexMismatchError: 6,
+    IndexFormatError: 5,
+    IndexLockedError: 7,
+    IndexConflictError: 7,
 }
 
 

@@ -66,7 +66,15 @@ def test_every_error_is_a_prvr_error_with_a_code() -> None:
     for cls in EXIT_CODES:
         assert issubclass(cls, PrvrError)
         assert cls.__doc__, f"{cls.__name__} needs a docstring saying when it is raised"
-    assert set(EXIT_CODES.values()) == {1, 2, 3, 4, 5, 6}
+    assert set(EXIT_CODES.values()) == {1, 2, 3, 4, 5, 6, 7}
+
+
+def test_index_errors_have_their_own_codes() -> None:
+    from prvr_sdk.index import IndexConflictError, IndexFormatError, IndexLockedError
+
+    assert exit_code_for(IndexFormatError("corrupt")) == 5  # like a corrupt bundle
+    assert exit_code_for(IndexLockedError("busy", "/x/LOCK", {"pid": 1})) == 7  # busy: retry later
+    assert exit_code_for(IndexConflictError("changed")) == 7
 
 
 def test_value_errors_stay_catchable_as_value_error() -> None:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prvr_sdk.errors import PrvrError
+from prvr_sdk.errors import IndexConflictError, IndexLockedError  # defined there: one exit-code table
 
 __all__ = ["LOCK_NAME", "IndexConflictError", "IndexLockedError", "WriterLock", "break_lock"]
 
@@ -34,32 +34,6 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "LOCK"
 _BREAK_SUFFIX = ".break"
-
-
-class IndexLockedError(PrvrError):
-    """Raised when another writer holds an index directory's ``LOCK`` file.
-
-    Attributes:
-        lock_path: the lock file.
-        owner: what the file says about its owner (``pid``, ``host``, ``since``), ``{}`` if unreadable.
-    """
-
-    def __init__(self, message: str, lock_path: Path | str = "", owner: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.lock_path = Path(lock_path)
-        self.owner = dict(owner or {})
-
-    def __reduce__(self):  # picklable despite the extra arguments
-        return (type(self), (str(self), str(self.lock_path), self.owner))
-
-
-class IndexConflictError(PrvrError):
-    """Raised when saving would overwrite changes this object has not seen.
-
-    Either another writer committed a new version after this index was loaded or last saved (reload it
-    and apply the changes again), or ``save`` targets a directory holding an unrelated index (pass
-    ``overwrite=True`` to replace it).
-    """
 
 
 def _pid_alive(pid: int) -> bool:

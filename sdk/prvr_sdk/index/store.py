@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from prvr_sdk.bundle import file_digest
-from prvr_sdk.errors import PrvrError
+from prvr_sdk.errors import IndexFormatError  # defined there: one exit-code table
 
 __all__ = [
     "CURRENT",
@@ -77,10 +77,6 @@ _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _TMP_PREFIX = ".tmp-"
 _CRASH_ENV, _PAUSE_ENV = "PRVR_INDEX_CRASH_AT", "PRVR_INDEX_SAVE_PAUSE"
 _COPY_WARNED: set[str] = set()
-
-
-class IndexFormatError(PrvrError):
-    """Raised when a directory is not an index, or an index file is missing, truncated or corrupted."""
 
 
 def crash_point(stage: str) -> None:

@@ -118,8 +118,9 @@ def test_a_corrupted_backbone_is_refused(bundle_dir, tmp_path):
 def test_bundles_without_front_end_name_the_backbone(tmp_path):
     torch.manual_seed(0)
     model = create_model("amdnet", "demo").eval()
-    export_bundle(model, model.config, tmp_path / "b", model_name="amdnet", dataset="demo", text_frontend=None)
-    r = Retriever.from_bundle(tmp_path / "b", device="cpu")
+    out = tmp_path / "b"
+    export_bundle(model, model.config, out, model_name="amdnet", dataset="demo", text_frontend=None)
+    r = Retriever.from_bundle(out, device="cpu")
     assert not r.accepts_strings
     with pytest.raises(InvalidInputError, match=r"no text front end.*minilm.*\[Dq\] sentence features"):
         r.encode_text("a man opens a door")
