@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import prvr_sdk
-from prvr_cli import data, doctor, evaluate, export, train
+from prvr_cli import data, doctor, encode, evaluate, export, index, search, train
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
 # What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
@@ -21,8 +21,9 @@ EXIT_CODE_MEANINGS: dict[int, str] = {
     2: "invalid input or usage",
     3: "backend not installed",
     4: "parity check failed",
-    5: "bundle invalid or checksum mismatch",
+    5: "bundle or index invalid, checksum mismatch",
     6: "index does not match the bundle",
+    7: "index busy (another writer holds its lock, or it changed on disk)",
 }
 
 
@@ -55,6 +56,9 @@ app.command(name="doctor")(doctor.doctor)
 app.command(name="train")(train.train)
 app.command(name="eval")(evaluate.evaluate)
 app.command(name="export")(export.export)
+app.command(name="encode")(encode.encode)
+app.add_typer(index.app, name="index")
+app.command(name="search")(search.search)
 app.add_typer(data.app, name="data")
 
 

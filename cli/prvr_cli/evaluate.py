@@ -28,7 +28,7 @@ _MOMENT_KEYS = ("mIoU", "R@1,IoU>=0.5")
 def render_table(result: dict) -> Table:
     """One row of headline metrics (and moment-localisation metrics when present)."""
     keys = list(result["headline"]) + [k for k in _MOMENT_KEYS if k in result]
-    runner = f" [{result['backend']}, {result['text']}]" if "backend" in result else " [torch]"
+    runner = f" (bundle, {result['backend']}, query {result['text']})" if "backend" in result else " (torch)"
     table = Table(
         title=f"{result['model']}{runner} on {result['dataset']} / {result['split']}: "
         f"{result['queries']} queries, {result['videos']} videos",

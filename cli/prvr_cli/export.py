@@ -53,6 +53,16 @@ def export(
     validate: Annotated[
         bool, typer.Option("--validate/--no-validate", help="Check ONNX Runtime against torch.")
     ] = True,
+    text_frontend: Annotated[
+        str,
+        typer.Option("--text-frontend", help="Bundle a text front end so strings work without torch: auto "
+                     "(MiniLM for the demo collection), minilm, or none."),
+    ] = "auto",
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", help="Frame features per second of the video features, for clip times in "
+                     "seconds [default: known per collection: demo 1, tvr 1/1.5]."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
 ) -> None:
     """Export a trained model to an ONNX bundle and check ONNX Runtime against torch (exit 4 on mismatch)."""
@@ -84,6 +94,8 @@ def export(
             opset=opset,
             validate=validate,
             checkpoint=checkpoint,
+            text_frontend=None if text_frontend == "none" else text_frontend,
+            fps=fps,
         )
     except PrvrError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
@@ -98,6 +110,7 @@ def export(
         "scoring": manifest["scoring"],
         "outputs": manifest["outputs"],
         "parity": {g: r["max_abs_diff"] for g, r in manifest.get("parity", {}).items()},
+        "text_frontend": (manifest["text_input"].get("frontend") or {}).get("kind"),
     }
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -1,0 +1,77 @@
+"""`prvr encode`: per-video frame features -> VideoEmbeddings (.npz), with the bundle's video encoder.
+
+Batch encoding for large collections: encode once, then build or extend any number of indexes from the
+file (`prvr index build --embeddings`). Torch-free: ONNX Runtime (or TensorRT) runs the encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prvr_cli.common import err, fail, open_retriever
+from prvr_sdk.errors import PrvrError
+
+BundleOpt = Annotated[Path, typer.Option("--bundle", help="Export bundle directory (prvr export).")]
+FeaturesOpt = Annotated[
+    Path,
+    typer.Option("--features", help="Per-video frame features: .h5/.hdf5, .npz, a folder of <id>.npy, or a "
+                 "BigFile folder."),
+]
+FpsOpt = Annotated[
+    float | None,
+    typer.Option("--fps", help="Frame features per second, for clip times [default: the bundle's]."),
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Videos per encoder call.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="auto, onnxruntime or tensorrt.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")]
+
+
+def encode_source(retriever, features: Path, fps: float | None, batch_size: int):
+    """Encode every video of a feature source with a progress bar on stderr."""
+    from prvr_sdk.sources import open_features
+
+    with open_features(features) as source:
+        err.print(f"encoding {len(source)} videos from {features} ({source.kind})", highlight=False)
+        return retriever.encode_video(source, fps=fps, batch_size=batch_size)
+
+
+def encode(
+    bundle: BundleOpt,
+    features: FeaturesOpt,
+    out: Annotated[Path, typer.Option("--out", help="Output .npz file (written atomically).")],
+    fps: FpsOpt = None,
+    batch_size: BatchOpt = 16,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Encode videos from their frame features into clip embeddings with time spans (.npz)."""
+    started = time.perf_counter()
+    try:
+        retriever = open_retriever(bundle, backend, device)
+        embeddings = encode_source(retriever, features, fps, batch_size)
+        path = embeddings.save(out)
+    except PrvrError as exc:
+        fail(exc)
+    summary = {
+        "out": str(path),
+        "videos": len(embeddings),
+        "clips": 0 if embeddings.clip_emb is None else len(embeddings.clip_emb),
+        "dim": embeddings.dim,
+        "model": embeddings.model,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        err.print(
+            f"{summary['videos']} videos, {summary['clips']} clip vectors ({summary['dim']}-d) -> {path} "
+            f"in {summary['seconds']:.1f} s",
+            highlight=False,
+        )

@@ -1,0 +1,158 @@
+"""`prvr index build | add | info`: the exact on-disk index of a bundle's video embeddings.
+
+`build` encodes a feature source (or loads `prvr encode` output) and writes a new index; `add` appends
+videos to an existing one as a new segment (`--upsert` replaces ids already there); `info` describes one.
+Writes are atomic (a new version directory, then a pointer swap) and one writer at a time holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prvr_cli.common import err, fail, open_retriever, read_metadata
+from prvr_cli.encode import BackendOpt, BatchOpt, DeviceOpt, FpsOpt, JsonOpt, encode_source
+from prvr_sdk.errors import InvalidInputError, PrvrError
+
+app = typer.Typer(help="Build, extend and inspect indexes of video embeddings.", no_args_is_help=True)
+
+FeaturesOpt = Annotated[
+    Path | None,
+    typer.Option("--features", help="Frame features to encode: .h5/.hdf5, .npz, <id>.npy folder, BigFile."),
+]
+EmbeddingsOpt = Annotated[
+    Path | None, typer.Option("--embeddings", help="Output of `prvr encode`, instead of --features.")
+]
+MetadataOpt = Annotated[
+    Path | None,
+    typer.Option("--metadata", help="Per-video metadata: JSON {video_id: {...}} or JSON lines with "
+                 "'video_id'. Returned with hits and usable in --filter."),
+]
+
+
+def _embeddings(retriever, features: Path | None, embeddings: Path | None, fps, batch_size):
+    from prvr_sdk import VideoEmbeddings
+
+    if (features is None) == (embeddings is None):
+        raise InvalidInputError("give exactly one of --features and --embeddings")
+    if embeddings is not None:
+        return VideoEmbeddings.load(embeddings)
+    return encode_source(retriever, features, fps, batch_size)
+
+
+def _add(retriever, emb, meta: dict, metadata: Path | None, upsert: bool) -> None:
+    missing = [v for v in emb.ids if v not in meta]
+    if metadata is not None and missing:
+        err.print(f"warning: {len(missing)} videos have no entry in {metadata} (first: {missing[0]})",
+                  highlight=False, markup=False)
+    retriever.add(emb, [meta.get(v, {}) for v in emb.ids], upsert=upsert)
+
+
+def _report(info: dict, as_json: bool, action: str) -> None:
+    if as_json:
+        typer.echo(json.dumps({"action": action, **info}))
+    else:
+        err.print(f"{action}: {info['path']} ({info['videos']} videos, {info['clips']} clips, "
+                  f"version {info['version']})", highlight=False, markup=False)
+
+
+@app.command("build")
+def build(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Export bundle directory (prvr export).")],
+    out: Annotated[Path, typer.Option("--out", help="Index directory to create.")],
+    features: FeaturesOpt = None,
+    embeddings: EmbeddingsOpt = None,
+    metadata: MetadataOpt = None,
+    fps: FpsOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an index at --out.")] = False,
+    batch_size: BatchOpt = 16,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an index from frame features (or `prvr encode` output) with the bundle's video encoder."""
+    try:
+        if out.exists() and not overwrite:
+            raise InvalidInputError(f"--out {out} exists; pass --overwrite to replace it")
+        meta = read_metadata(metadata)  # before encoding: a bad file fails fast
+        retriever = open_retriever(bundle, backend, device)
+        emb = _embeddings(retriever, features, embeddings, fps, batch_size)
+        _add(retriever, emb, meta, metadata, upsert=False)
+        retriever.index.save(out, overwrite=overwrite)
+        info = retriever.index.info()
+        retriever.index.close()
+    except PrvrError as exc:
+        fail(exc)
+    _report(info, as_json, "built")
+
+
+@app.command("add")
+def add(
+    index: Annotated[Path, typer.Option("--index", help="Index directory to extend.")],
+    features: FeaturesOpt = None,
+    embeddings: EmbeddingsOpt = None,
+    metadata: MetadataOpt = None,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="Bundle [default: the one the index records].")
+    ] = None,
+    upsert: Annotated[bool, typer.Option("--upsert", help="Replace videos already in the index.")] = False,
+    fps: FpsOpt = None,
+    batch_size: BatchOpt = 16,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add videos to an index as a new segment (atomic; the index must have been built with the bundle)."""
+    try:
+        meta = read_metadata(metadata)
+        retriever = open_retriever(bundle or _recorded_bundle(index), backend, device)
+        retriever.load_index(index)
+        emb = _embeddings(retriever, features, embeddings, fps, batch_size)
+        _add(retriever, emb, meta, metadata, upsert=upsert)
+        retriever.index.save()
+        info = retriever.index.info()
+        retriever.index.close()
+    except PrvrError as exc:
+        fail(exc)
+    _report(info, as_json, "updated")
+
+
+@app.command("info")
+def info(
+    index: Annotated[Path, typer.Option("--index", help="Index directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe an index: videos, clips, size, scoring rule, the bundle it belongs to."""
+    from prvr_sdk.index import ExactIndex
+
+    try:
+        details = ExactIndex.load(index).info()
+    except PrvrError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+        return
+    table = Table(title=f"index {index}", show_header=False, title_justify="left")
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in details.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
+    Console().print(table)
+
+
+def _recorded_bundle(index: Path) -> Path:
+    """The bundle path an index recorded at build time (``--bundle`` overrides it)."""
+    from prvr_sdk.index import ExactIndex
+
+    recorded = ExactIndex.load(index).bundle_path
+    if not recorded:
+        raise InvalidInputError(f"index {index} records no bundle path; pass --bundle")
+    if not Path(recorded).is_dir():
+        raise InvalidInputError(f"index {index} was built with bundle {recorded}, which no longer exists; "
+                                "pass --bundle")
+    return Path(recorded)

@@ -1,0 +1,135 @@
+"""`prvr search`: sentences in, the best videos and the moment in each out.
+
+One query prints a table (rank, video, score, moment) or, with --json, one JSON line per hit; a file of
+queries (--queries, one per line) writes a ranked JSONL file (--out, atomic) or JSON lines to stdout. Bundles
+without a text front end take precomputed backbone features instead (--query-features .npy/.npz).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prvr_cli.common import err, fail, open_retriever, write_lines_atomic
+from prvr_cli.encode import BackendOpt, DeviceOpt
+from prvr_cli.index import _recorded_bundle
+from prvr_sdk.errors import InvalidInputError, PrvrError
+
+BATCH = 256  # queries per search call for --queries files
+
+
+def _moment(start: float | None, end: float | None) -> str:
+    return "–" if start is None or end is None else f"{start:.1f}–{end:.1f} s"
+
+
+def _read_queries(path: Path) -> list[str]:
+    if not path.is_file():
+        raise InvalidInputError(f"--queries {path}: file not found")
+    queries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not queries:
+        raise InvalidInputError(f"--queries {path}: no queries (one per line)")
+    return queries
+
+
+def _read_features(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    if not path.is_file():
+        raise InvalidInputError(f"--query-features {path}: file not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return list(z.files), [z[k] for k in z.files]
+        return [path.stem], [np.load(path, allow_pickle=False)]
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"--query-features {path}: not a readable .npy/.npz file ({exc})") from None
+
+
+def _parse_filter(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--filter: not valid JSON ({exc}); e.g. '{{\"split\": \"test\"}}'") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError("--filter: expected a JSON object, e.g. '{\"duration\": {\"$gte\": 60}}'")
+    return value
+
+
+def search(
+    query: Annotated[str | None, typer.Argument(help="The sentence to search for.")] = None,
+    index: Annotated[Path, typer.Option("--index", help="Index directory (prvr index build).")] = Path(
+        "index"
+    ),
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="Bundle [default: the one the index records].")
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Hits per query.")] = 10,
+    filter: Annotated[
+        str | None, typer.Option("--filter", help="Metadata filter as JSON, e.g. '{\"split\": \"test\"}'.")
+    ] = None,
+    group_by: Annotated[str, typer.Option("--group-by", help="video (one hit per video) or clip.")] = "video",
+    min_score: Annotated[float | None, typer.Option("--min-score", help="Drop hits scoring below.")] = None,
+    queries: Annotated[
+        Path | None, typer.Option("--queries", help="A text file of queries, one per line (batch mode).")
+    ] = None,
+    query_features: Annotated[
+        Path | None,
+        typer.Option("--query-features", help="Precomputed backbone features: .npy (one query) or .npz "
+                     "(one array per query) for bundles without a text front end."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Batch mode: ranked JSONL file to write.")] = None,
+    backend: BackendOpt = "auto",
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines (one per hit) on stdout.")] = False,
+) -> None:
+    """Search an index with a sentence (or a file of sentences); print the hits with their moments."""
+    try:
+        given = [q for q in (query, queries, query_features) if q is not None]
+        if len(given) != 1:
+            raise InvalidInputError("give exactly one of QUERY, --queries FILE and --query-features FILE")
+        if out is not None and queries is None and query_features is None:
+            raise InvalidInputError("--out is for batch mode (--queries or --query-features)")
+        where = _parse_filter(filter)
+        retriever = open_retriever(bundle or _recorded_bundle(index), backend, device)
+        retriever.load_index(index)
+        if query is not None:
+            texts, emb = [query], retriever.encode_text([query])
+        elif queries is not None:
+            texts = _read_queries(queries)
+            emb = retriever.encode_text(texts, batch_size=64, show_progress=None)
+        else:
+            texts, features = _read_features(query_features)
+            emb = retriever.encode_text(features)
+        hits = []
+        for start in range(0, len(texts), BATCH):
+            hits.extend(retriever.search(emb[start : start + BATCH], top_k=top_k, filter=where,
+                                         group_by=group_by, min_score=min_score))
+    except PrvrError as exc:
+        fail(exc)
+    rows = [
+        {"query_index": qi, "query": text, "rank": rank, **hit.to_dict()}
+        for qi, (text, found) in enumerate(zip(texts, hits, strict=True))
+        for rank, hit in enumerate(found, start=1)
+    ]
+    if query is None or as_json:
+        lines = [json.dumps(row) for row in rows]
+        if out is not None:
+            write_lines_atomic(out, lines)
+            err.print(f"{len(texts)} queries, {len(rows)} hits -> {out}", highlight=False, markup=False)
+        else:
+            for line in lines:
+                typer.echo(line)
+        return
+    table = Table(title=f"{query!r}: top {top_k} in {index}", title_justify="left")
+    for name, justify in (("rank", "right"), ("video", "left"), ("score", "right"), ("moment", "right")):
+        table.add_column(name, justify=justify)
+    for row in rows:
+        moment = _moment(row["start"], row["end"])
+        table.add_row(str(row["rank"]), row["video_id"], f"{row['score']:.4f}", moment)
+    Console().print(table)
