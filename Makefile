@@ -48,6 +48,8 @@ demo: install
 		$(PRVR) export --model $$m --checkpoint $(DEMO_DIR)/$$m --out $(DEMO_DIR)/bundle-$$m || exit $$?; \
 		echo ""; echo "==> $$m: the same evaluation through the bundle with ONNX Runtime, no torch model"; \
 		$(PRVR) eval --bundle $(DEMO_DIR)/bundle-$$m --data-root $(DEMO_DATA) --split test || exit $$?; \
+		echo ""; echo "==> $$m: the whole serving path: caption strings through the bundle's MiniLM front end"; \
+		$(PRVR) eval --bundle $(DEMO_DIR)/bundle-$$m --data-root $(DEMO_DATA) --split test --text strings || exit $$?; \
 		echo ""; echo "==> $$m: index every demo video (prvr index build)"; \
 		$(PRVR) index build --bundle $(DEMO_DIR)/bundle-$$m --features $(DEMO_DATA)/demo/FeatureData/demo_frames_vid_features.hdf5 \
 			--metadata $(DEMO_DATA)/demo/videos.jsonl --fps 1 --out $(DEMO_DIR)/index-$$m --overwrite || exit $$?; \

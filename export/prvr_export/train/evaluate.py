@@ -389,7 +389,7 @@ def evaluate_bundle(
         ((vid, data.raw_video(vid)) for vid in video_ids), fps=rates.pop() if rates else None
     )
     if text == "strings":
-        queries = retriever.encode_text([c.caption for c in captions])
+        queries = retriever.encode_text([c.text for c in captions])
     else:
         queries = retriever.encode_text([data.raw_query(c.cap_id) for c in captions])
     scores, best = retriever.score(queries, videos)
