@@ -57,3 +57,35 @@ def test_imports_and_help_work_when_torch_cannot_be_imported() -> None:
     done = _run(_BLOCK_TORCH + _CHECK_MODULES + _RUN_HELP)
     assert done.returncode == 0, done.stderr
     assert "doctor" in done.stdout
+
+
+_SERVE = """
+import numpy as np
+from prvr_sdk import Retriever
+from prvr_sdk.sources import open_features
+
+r = Retriever.from_bundle(BUNDLE, device="cpu")
+frames = np.random.default_rng(0).standard_normal((45, r.video_spec.feature_dim)).astype(np.float32)
+np.savez(OUT + "/f.npz", a=frames, b=frames[::-1].copy())
+with open_features(OUT + "/f.npz") as source:
+    r.add(r.encode_video(source, fps=1.0))
+r.index.save(OUT + "/idx")
+hits = r.search("a man opens a door", top_k=2)
+assert sorted(h.video_id for h in hits) == ["a", "b"], hits
+from prvr_cli.app import main
+sys.argv = ["prvr", "search", "--index", OUT + "/idx", "a dog runs", "--json"]
+try:
+    main()
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+assert "torch" not in sys.modules and "prvr_export" not in sys.modules
+print("served without torch")
+"""
+
+
+def test_the_serving_path_runs_when_torch_cannot_be_imported(frontend_bundle, tmp_path) -> None:
+    """Retriever from a bundle with a text front end, sentence search, index save and `prvr search`."""
+    setup = f"BUNDLE = {str(frontend_bundle)!r}\nOUT = {str(tmp_path)!r}\n"
+    done = _run(_BLOCK_TORCH + setup + _SERVE)
+    assert done.returncode == 0, done.stderr
+    assert "served without torch" in done.stdout and '"rank": 1' in done.stdout
