@@ -455,6 +455,7 @@ class Retriever:
             ``(scores, best_clip)``: float32 ``[Nq, Nv]`` (``[Nv]`` for one query) and the winning clip's
             index in its video, int64 of the same shape (``None`` for video-level models).
         """
+        self._check_same_bundle(videos)
         single = np.ndim(text_emb) == 1
         q = np.atleast_2d(np.asarray(text_emb, dtype=np.float32))
         if q.shape[1] != self.dim or videos.dim != self.dim:
@@ -502,11 +503,7 @@ class Retriever:
             IndexMismatchError: ``videos`` were encoded by another bundle.
             InvalidInputError / ShapeMismatchError: from ``ExactIndex.add`` (duplicate ids, ...).
         """
-        if videos.bundle_sha256 not in (None, self.bundle_sha256):
-            raise IndexMismatchError(
-                f"these embeddings were made by bundle {videos.bundle_sha256[:12]}…, not this retriever's "
-                f"{self.bundle_sha256[:12]}…; encode them again with this bundle"
-            )
+        self._check_same_bundle(videos)
         if metadata is not None and len(metadata) != len(videos):
             raise ShapeMismatchError(f"metadata: {len(metadata)} entries for {len(videos)} videos")
         merged = []
@@ -530,6 +527,13 @@ class Retriever:
             spans=spans,
             metadata=merged,
         )
+
+    def _check_same_bundle(self, videos: VideoEmbeddings) -> None:
+        if videos.bundle_sha256 not in (None, self.bundle_sha256):
+            raise IndexMismatchError(
+                f"these embeddings were made by bundle {videos.bundle_sha256[:12]}…, not this retriever's "
+                f"{self.bundle_sha256[:12]}…; encode them again with this bundle"
+            )
 
     def load_index(self, path: str | os.PathLike, **kwargs: Any) -> ExactIndex:
         """Open an index built with this bundle and attach it (``ExactIndex.load`` keywords pass through).

@@ -170,6 +170,8 @@ def test_index_of_another_bundle_is_refused(served, tmp_path):
     foreign = other.encode_video(_videos(other, [4])["v0"], fps=1.0, video_ids=["x"])
     with pytest.raises(IndexMismatchError, match="encode them again"):
         r.add(foreign)
+    with pytest.raises(IndexMismatchError, match="encode them again"):
+        r.score(r.encode_text(_queries(r, 1)[0]), foreign)
 
 
 def _export_other(name: str, tmp_path):
