@@ -44,7 +44,9 @@ def encode_source(retriever, features: Path, fps: float | None, batch_size: int)
 def encode(
     bundle: BundleOpt,
     features: FeaturesOpt,
-    out: Annotated[Path, typer.Option("--out", help="Output .npz file (written atomically).")],
+    out: Annotated[
+        str, typer.Option("--out", help="Output .npz file, or a directory (embeddings.npz inside); atomic.")
+    ],
     fps: FpsOpt = None,
     batch_size: BatchOpt = 16,
     backend: BackendOpt = "auto",

@@ -21,6 +21,7 @@ from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
 __all__ = ["VideoEmbeddings"]
 
 _FORMAT = 1
+DEFAULT_NAME = "embeddings.npz"  # the file inside a directory given as the path
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,7 +177,10 @@ class VideoEmbeddings:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
-        """Write an ``.npz`` (no pickles) atomically: a temp file renamed into place."""
+        """Write an ``.npz`` (no pickles) atomically: a temp file renamed into place. A directory (an existing
+        one, or a path ending in ``/``) gets ``embeddings.npz`` inside. Returns the file written."""
+        if Path(path).is_dir() or str(path).endswith(("/", os.sep)):
+            path = Path(path) / DEFAULT_NAME
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
@@ -211,6 +215,8 @@ class VideoEmbeddings:
             InvalidInputError: missing file, not a VideoEmbeddings file, or a newer format.
         """
         path = Path(path)
+        if path.is_dir():
+            path = path / DEFAULT_NAME
         if not path.is_file():
             raise InvalidInputError(f"{path}: embeddings file not found (write one with `prvr encode`)")
         try:

@@ -245,5 +245,7 @@ def test_embeddings_round_trip_through_npz(served, tmp_path):
     for field in ("clip_emb", "spans", "video_emb", "offsets", "durations", "num_frames"):
         a, b = getattr(emb, field), getattr(back, field)
         assert (a is None and b is None) or np.array_equal(a, b)
+    assert emb.save(str(tmp_path / "emb-dir") + "/") == tmp_path / "emb-dir" / "embeddings.npz"
+    assert VideoEmbeddings.load(tmp_path / "emb-dir").ids == emb.ids
     sub = emb.select(["v2", "v0"])
     assert sub.ids == ["v2", "v0"] and np.array_equal(sub.durations, emb.durations[[2, 0]])
