@@ -64,6 +64,7 @@ class VideoEmbeddings:
             raise ShapeMismatchError(f"video_emb: expected [{nv}, D], got {self.video_emb.shape}")
         if self.clip_emb is None and self.video_emb is None:
             raise InvalidInputError("VideoEmbeddings needs clip_emb, video_emb or both")
+        object.__setattr__(self, "_where", {vid: i for i, vid in enumerate(self.ids)})
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -83,10 +84,10 @@ class VideoEmbeddings:
 
     def _position(self, video: int | str) -> int:
         if isinstance(video, str):
-            try:
-                return self.ids.index(video)
-            except ValueError:
-                raise InvalidInputError(f"no video {video!r} in these embeddings") from None
+            where = self._where.get(video)  # type: ignore[attr-defined]
+            if where is None:
+                raise InvalidInputError(f"no video {video!r} in these embeddings")
+            return where
         if not -len(self) <= video < len(self):
             raise InvalidInputError(f"video index {video} out of range for {len(self)} videos")
         return int(video) % len(self)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _CLIP_OUTPUTS = ("clip_emb", "moment_emb")  # vectors a video is scored by, one per clip / moment
+_SORT_WINDOW = 8  # batches' worth of videos sorted by length before batching (bounded memory)
 
 
 def _graph_file(bundle: bundle_io.Bundle, role: str, precision: str, fmt: str) -> str | None:
@@ -220,7 +221,8 @@ class Retriever:
         fps = fps if fps is not None else self.fps
         parts: list[VideoEmbeddings] = []
         seen: set[str] = set()
-        batch: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        pending: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        window = batch_size * _SORT_WINDOW
         with progress(total, f"encode videos ({self.model_name})", show_progress) as advance:
             for position, (vid, raw) in enumerate(items):
                 if vid in seen:
@@ -228,17 +230,26 @@ class Retriever:
                 seen.add(vid)
                 frames = self.video_spec.check(raw, name=f"video {vid!r}")
                 ts = self._timestamps_for(timestamps, vid, position, len(frames))
-                batch.append((vid, frames, ts))
-                if len(batch) == batch_size:
-                    parts.append(self._encode_video_batch(batch, fps))
-                    advance(len(batch))
-                    batch = []
-            if batch:
-                parts.append(self._encode_video_batch(batch, fps))
-                advance(len(batch))
+                pending.append((vid, frames, ts))
+                if len(pending) == window:
+                    parts.append(self._encode_window(pending, batch_size, fps, advance))
+                    pending = []
+            if pending:
+                parts.append(self._encode_window(pending, batch_size, fps, advance))
         if not parts:
             raise InvalidInputError("encode_video: no videos given")
         return VideoEmbeddings.concat(parts)
+
+    def _encode_window(self, pending, batch_size: int, fps: float | None, advance) -> VideoEmbeddings:
+        """Encode up to ``_SORT_WINDOW`` batches with videos of similar length batched together (a batch
+        costs as much as its longest video: the Mamba scan runs over the padded length), in input order."""
+        order = sorted(range(len(pending)), key=lambda i: -len(pending[i][1]))
+        parts = []
+        for start in range(0, len(order), batch_size):
+            chunk = [pending[i] for i in order[start : start + batch_size]]
+            parts.append(self._encode_video_batch(chunk, fps))
+            advance(len(chunk))
+        return VideoEmbeddings.concat(parts).select([vid for vid, _, _ in pending])
 
     def _video_items(self, videos: Any, video_ids: Sequence[str] | None) -> tuple[Iterator, int | None]:
         single_rank = 2 if self.video_spec.patches is None else 3
