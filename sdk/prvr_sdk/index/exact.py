@@ -3,7 +3,7 @@
 Every video is a run of unit clip vectors (and, for some models, one video vector). They are stored
 once, as float16 rows of one matrix per segment, with ``offsets`` marking where each video's clips
 start and ``spans`` giving each clip's time span in seconds. A search multiplies the clip matrix by the
-query batch a block of rows at a time -- each cache-sized piece decoded to float32 (``_decode_f16``) and
+query batch a block of rows at a time -- each cache-sized piece decoded to float32 (``decode_f16``) and
 multiplied by BLAS in float32, so memory stays bounded for millions of clips and the float16 matrix is
 read once -- takes the max over each video's clips, adds the video-vector term when the model's rule
 has one (``ScoringRule``), and keeps a running top-k; for the videos that make it, the winning clip (hence
@@ -27,13 +27,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import mmap as mmaplib
 import os
 import shutil
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,8 +43,10 @@ from prvr_sdk.errors import IndexMismatchError, InvalidInputError, ShapeMismatch
 from prvr_sdk.hits import Hit
 from prvr_sdk.index import store
 from prvr_sdk.index.base import ScoringRule, check_vectors
-from prvr_sdk.index.filters import ABSENT, ID_FIELD, Column, Filter, build_column, compile_filter
+from prvr_sdk.index.blocks import WRITE_CHUNK, clip_rows, dot_f16, max_per_video, video_blocks
+from prvr_sdk.index.filters import Filter, compile_filter
 from prvr_sdk.index.locking import IndexConflictError, WriterLock
+from prvr_sdk.index.segment import Segment, SegmentView
 from prvr_sdk.index.store import IndexFormatError, SegmentFiles
 from prvr_sdk.index.topk import TopK
 from prvr_sdk.scoring import weighted_score
@@ -60,253 +61,7 @@ _SCORE_BYTES = 64 << 20
 _MAX_BLOCK_ROWS = 1 << 18
 # Queries scored together; more are split into chunks (each chunk reads the clip matrix once).
 _QUERY_CHUNK = 1024
-# Rows copied at a time when a save compacts or merges segments.
-_WRITE_CHUNK = 1 << 16
-# float16 -> float32 by bit arithmetic (see _decode_f16).
-_SIGN_AND_MAGNITUDE = np.int32(-0x70000001)  # 0x8FFFFFFF: sign bit + the 27 bits fp16 magnitude lands in
-_EXP_REBIAS = np.float32(2.0**112)  # 2 ** (127 - 15): float32 exponent bias minus float16's
 _SHA256_HEX = frozenset("0123456789abcdef")
-
-
-def _clip_rows(offsets: np.ndarray, vids: np.ndarray) -> np.ndarray:
-    """Clip-row numbers of videos ``vids`` (increasing), concatenated; int64."""
-    starts = offsets[vids]
-    counts = offsets[vids + 1] - starts
-    firsts = np.cumsum(counts) - counts
-    return np.repeat(starts - firsts, counts) + np.arange(int(counts.sum()), dtype=np.int64)
-
-
-def _decode_f16(src: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """``out[...] = src`` (float16 -> float32), exact for finite values, ~5x faster than ``astype``.
-
-    numpy's float16 cast is a scalar loop (~200 M values/s here); this does four vectorised integer/float
-    passes over a cache-resident buffer instead. The float16 bits, sign-extended to int32 and shifted left
-    by 13, put the 10 mantissa bits and 5 exponent bits where float32 keeps its own; masking clears the
-    sign-extension copies and keeps the sign; multiplying by 2**112 rebiases the exponent (15 -> 127) and,
-    being a float multiply, also turns float16 subnormals and zeros into the right float32 values.
-    Inf/NaN would decode wrongly; ``add`` never stores them.
-    """
-    bits = out.view(np.int32)
-    np.copyto(bits, src.view(np.int16))
-    np.left_shift(bits, 13, out=bits)
-    np.bitwise_and(bits, _SIGN_AND_MAGNITUDE, out=bits)
-    np.multiply(out, _EXP_REBIAS, out=out)
-    return out
-
-
-def _decode_all(rows: np.ndarray) -> np.ndarray:
-    """A float32 copy of a float16 matrix (memory-mapped or not), decoded in chunks."""
-    out = np.empty(rows.shape, dtype=np.float32)
-    for a in range(0, len(rows), _WRITE_CHUNK):
-        _decode_f16(rows[a : a + _WRITE_CHUNK], out[a : a + _WRITE_CHUNK])
-    return out
-
-
-def _dot_f16(rows: np.ndarray, q: np.ndarray, piece: np.ndarray) -> np.ndarray:
-    """``rows @ q.T`` in float32 for float16 (or float32) ``rows [n, D]``: ``[n, nq]``.
-
-    Decoding a cache-sized piece (``len(piece)`` rows) and multiplying it at once keeps the float32 copy in
-    cache, so the float16 matrix is streamed once: half the memory traffic of a float32 matrix. The
-    ``[rows, queries]`` layout makes the per-video max below a reduction over whole contiguous rows.
-    """
-    if rows.dtype == np.float32:  # an index loaded with float32=True keeps decoded rows in RAM
-        return rows @ q.T
-    n, step = len(rows), len(piece)
-    out = np.empty((n, len(q)), dtype=np.float32)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        np.matmul(_decode_f16(rows[a:b], piece[: b - a]), q.T, out=out[a:b])
-    return out
-
-
-def _max_per_video(
-    scores: np.ndarray, counts: np.ndarray
-) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """Per-video max over consecutive runs of ``counts`` clip rows, and a winning-clip finder.
-
-    The max is a plain reduction; the argmax (which clip won) is only needed for the few videos that make
-    the top-k, so it is returned as a function of the chosen video columns ``[nq, m]`` that reads the
-    same ``scores`` (exact; the first winning clip on ties, like ``np.argmax``).
-
-    Args:
-        scores: ``[sum(counts), nq]`` clip scores (``_dot_f16`` layout).
-        counts: ``[nv]`` clips of each video, all >= 1.
-
-    Returns:
-        ``(best [nv, nq] float32, clip_of)`` with ``clip_of(cols) -> int64 [nq, m]`` counted inside the video.
-    """
-    nq = scores.shape[1]
-    queries = np.arange(nq)[:, None, None]
-    if (counts == counts[0]).all():  # the usual case (32 clips each): a reshape, no index arithmetic
-        by_video = scores.reshape(len(counts), int(counts[0]), nq)
-        j = np.arange(int(counts[0]))
-        return by_video.max(axis=1), lambda cols: by_video[cols[..., None], j, queries].argmax(axis=2)
-    starts = np.cumsum(counts) - counts
-
-    def clip_of(cols: np.ndarray) -> np.ndarray:
-        n = counts[cols][..., None]  # [nq, m, 1]
-        j = np.arange(int(n.max()))
-        vals = scores[starts[cols][..., None] + np.minimum(j, n - 1), queries]
-        return np.where(j < n, vals, -np.inf).argmax(axis=2)
-
-    return np.maximum.reduceat(scores, starts, axis=0), clip_of
-
-
-def _video_blocks(offsets: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
-    """Consecutive video ranges holding at most ``rows`` clip rows (a longer video is a block alone)."""
-    nv, v = len(offsets) - 1, 0
-    while v < nv:
-        nxt = int(np.searchsorted(offsets, offsets[v] + rows, side="right")) - 1
-        nxt = min(max(nxt, v + 1), nv)
-        yield v, nxt
-        v = nxt
-
-
-class _Segment:
-    """Videos stored together: arrays (in memory, or mapped from a segment directory), ids, metadata."""
-
-    def __init__(
-        self,
-        ids: list[str],
-        offsets: np.ndarray | None,
-        clips: np.ndarray | None,
-        spans: np.ndarray | None,
-        vectors: np.ndarray | None,
-        metadata_lines: list[bytes] | None = None,
-        source: Path | None = None,
-        name: str | None = None,
-        files: dict[str, Any] | None = None,
-    ) -> None:
-        self.ids = ids
-        self.offsets = offsets
-        self.clips = clips
-        self.spans = spans
-        self.vectors = vectors
-        self.source = source  # directory of a saved segment; None while it exists in memory only
-        self.name = name
-        self.files = files or {}
-        self.alive = np.ones(len(ids), dtype=bool)
-        self._lines = metadata_lines
-        # A saved segment's metadata is parsed on first use, from a map opened at load: the map keeps the
-        # file readable even after a writer commits a newer version and deletes this one.
-        self._metadata_map: mmaplib.mmap | None = None
-        self._records: list[dict[str, Any]] | None = None
-        self._columns: dict[str, Column] = {}
-        self._id_column: Column | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def num_clips(self) -> int:
-        return 0 if self.offsets is None else int(self.offsets[-1])
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.clips, self.offsets, self.spans, self.vectors)
-        return sum(int(a.nbytes) for a in arrays if a is not None)
-
-    def metadata_line(self, row: int) -> bytes:
-        if self._lines is None:
-            assert self._metadata_map is not None and self.source is not None
-            lines = self._metadata_map[:].split(b"\n")[:-1]
-            if len(lines) != len(self.ids):
-                raise IndexFormatError(
-                    f"{self.source / store.METADATA}: {len(lines)} lines for {len(self.ids)} videos"
-                )
-            self._lines, self._metadata_map = lines, None
-        return self._lines[row]
-
-    def metadata(self, row: int) -> dict[str, Any]:
-        if self._records is not None:
-            return dict(self._records[row])
-        return json.loads(self.metadata_line(row))
-
-    def column(self, field: str) -> Column:
-        """Filter column of ``field`` over this segment (built on first use, then cached)."""
-        if field == ID_FIELD:
-            if self._id_column is None:
-                self._id_column = build_column(self.ids)
-            return self._id_column
-        if field not in self._columns:
-            if self._records is None:
-                self._records = [json.loads(self.metadata_line(i)) for i in range(len(self.ids))]
-            self._columns[field] = build_column([r.get(field, ABSENT) for r in self._records])
-        return self._columns[field]
-
-    @classmethod
-    def open(
-        cls,
-        directory: Path,
-        entry: Mapping[str, Any],
-        rule: ScoringRule,
-        dim: int,
-        mmap: bool,
-        verify: bool,
-        float32: bool = False,
-    ) -> _Segment:
-        files = entry.get("files")
-        if not isinstance(files, dict):
-            raise IndexFormatError(f"manifest entry of segment {directory} lists no files")
-        SegmentFiles.check(directory, files, verify)
-        try:
-            ids = json.loads((directory / store.IDS).read_text())
-        except json.JSONDecodeError as exc:
-            raise IndexFormatError(f"{directory / store.IDS} is not valid JSON ({exc})") from None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise IndexFormatError(f"{directory / store.IDS} must hold a list of strings")
-        nv = len(ids)
-        offsets = clips = spans = vectors = None
-        where = f"index segment {directory}"
-        if rule.uses_clips:
-            offsets = SegmentFiles.load_array(directory / store.OFFSETS, mmap=False)
-            clips = SegmentFiles.load_array(directory / store.CLIPS, mmap)
-            spans = SegmentFiles.load_array(directory / store.SPANS, mmap=False)
-            if offsets.shape != (nv + 1,) or offsets[0] != 0 or (np.diff(offsets) < 1).any():
-                raise IndexFormatError(f"{where}: offsets must be {nv + 1} increasing row numbers from 0")
-            if clips.dtype != np.float16 or clips.shape != (int(offsets[-1]), dim):
-                raise IndexFormatError(
-                    f"{where}: clips are {clips.dtype} {clips.shape}, expected float16 "
-                    f"{(int(offsets[-1]), dim)}"
-                )
-            if spans.shape != (len(clips), 2):
-                raise IndexFormatError(f"{where}: spans have shape {spans.shape}, expected {(len(clips), 2)}")
-        if rule.uses_video_vectors:
-            vectors = SegmentFiles.load_array(directory / store.VECTORS, mmap)
-            if vectors.dtype != np.float16 or vectors.shape != (nv, dim):
-                raise IndexFormatError(
-                    f"{where}: video vectors are {vectors.dtype} {vectors.shape}, expected "
-                    f"float16 {(nv, dim)}"
-                )
-        if float32:
-            clips = None if clips is None else _decode_all(clips)
-            vectors = None if vectors is None else _decode_all(vectors)
-        segment = cls(ids, offsets, clips, spans, vectors, source=directory, name=directory.name, files=files)
-        with open(directory / store.METADATA, "rb") as f:
-            segment._metadata_map = mmaplib.mmap(f.fileno(), 0, access=mmaplib.ACCESS_READ)
-        return segment
-
-
-class _SegmentView:
-    """The segment as a filter sees it: columns, plus id lookups through the index's id map."""
-
-    def __init__(self, segment: _Segment, locate: Callable[[], Mapping[str, tuple[_Segment, int]]]) -> None:
-        self._segment, self._locate = segment, locate  # the id map is built only if a filter asks for ids
-
-    def __len__(self) -> int:
-        return len(self._segment)
-
-    def column(self, field: str) -> Column:
-        return self._segment.column(field)
-
-    def id_mask(self, ids: Sequence[str]) -> np.ndarray:
-        mask = np.zeros(len(self._segment), dtype=bool)
-        locate = self._locate()
-        for video_id in ids:
-            where = locate.get(video_id)
-            if where is not None and where[0] is self._segment:
-                mask[where[1]] = True
-        return mask
 
 
 def _finite_span(start: float, end: float) -> tuple[float | None, float | None]:
@@ -361,8 +116,8 @@ class ExactIndex:
         self.bundle_sha256 = bundle_sha256
         self.model = model
         self.bundle_path = bundle_path
-        self._segments: list[_Segment] = []
-        self._locate: dict[str, tuple[_Segment, int]] | None = None  # id -> (segment, row), built lazily
+        self._segments: list[Segment] = []
+        self._locate: dict[str, tuple[Segment, int]] | None = None  # id -> (segment, row), built lazily
         self._path: Path | None = None
         self._version: str | None = None
         self._mmap = True
@@ -416,7 +171,7 @@ class ExactIndex:
             "float32": self._float32,
         }
 
-    def _id_map(self) -> dict[str, tuple[_Segment, int]]:
+    def _id_map(self) -> dict[str, tuple[Segment, int]]:
         if self._locate is None:
             self._locate = {}
             for seg in self._segments:
@@ -536,7 +291,7 @@ class ExactIndex:
                 )
         return ids
 
-    def _build_segment(self, ids, clip_embs, video_embs, spans, metadata) -> _Segment:
+    def _build_segment(self, ids, clip_embs, video_embs, spans, metadata) -> Segment:
         nv, rule = len(ids), self.scoring
         offsets = clips = span_rows = vectors = None
         if rule.uses_clips:
@@ -585,7 +340,7 @@ class ExactIndex:
                 "or use scoring 'weighted'"
             )
         lines = self._check_metadata(metadata, nv)
-        return _Segment(ids, offsets, clips, span_rows, vectors, metadata_lines=lines)
+        return Segment(ids, offsets, clips, span_rows, vectors, metadata_lines=lines)
 
     def _check_clip_array(self, clip_embs: Any, nv: int) -> np.ndarray | None:
         """Fast path for one ``[Nv, Nc, D]`` array: check it at once (None: use the per-video checks,
@@ -727,7 +482,7 @@ class ExactIndex:
         for seg in self._segments:
             mask = seg.alive
             if compiled is not None and mask.any():
-                mask = mask & compiled.mask(_SegmentView(seg, self._id_map))
+                mask = mask & compiled.mask(SegmentView(seg, self._id_map))
             masks.append(mask if mask.any() else None)
         video_base = np.cumsum([0] + [len(s) for s in self._segments])
         clip_base = np.cumsum([0] + [s.num_clips for s in self._segments])
@@ -752,7 +507,7 @@ class ExactIndex:
 
     def _scan_clips(
         self,
-        seg: _Segment,
+        seg: Segment,
         q: np.ndarray,
         mask: np.ndarray,
         acc: TopK,
@@ -768,7 +523,7 @@ class ExactIndex:
         offsets, rule = seg.offsets, self.scoring
         assert offsets is not None and seg.clips is not None
         counts = np.diff(offsets)
-        for v0, v1 in _video_blocks(offsets, rows):
+        for v0, v1 in video_blocks(offsets, rows):
             keep = mask[v0:v1]
             selected = int(np.count_nonzero(keep))
             if selected == 0:
@@ -776,20 +531,20 @@ class ExactIndex:
             # Mostly-live block: read it whole and mask; sparse (a selective filter): gather the live rows.
             dense = 2 * selected >= v1 - v0
             if dense:
-                vids, clip_rows = np.arange(v0, v1), None
-                scores = _dot_f16(seg.clips[offsets[v0] : offsets[v1]], q, piece)
+                vids, rows_kept = np.arange(v0, v1), None
+                scores = dot_f16(seg.clips[offsets[v0] : offsets[v1]], q, piece)
             else:
                 vids = v0 + np.flatnonzero(keep)
-                clip_rows = _clip_rows(offsets, vids)
-                scores = _dot_f16(seg.clips[clip_rows], q, piece)
+                rows_kept = clip_rows(offsets, vids)
+                scores = dot_f16(seg.clips[rows_kept], q, piece)
             frame = None  # [videos, queries] like scores
             if rule.uses_video_vectors:
                 assert seg.vectors is not None
-                frame = _dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
+                frame = dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
             cnt = counts[vids]
             hidden = ~keep if dense and selected < v1 - v0 else None
             if not by_clip:
-                best, clip_of = _max_per_video(scores, cnt)
+                best, clip_of = max_per_video(scores, cnt)
                 total = weighted_score(best, frame, rule.clip_weight, rule.frame_weight)
                 if hidden is not None:
                     total[hidden] = -np.inf
@@ -803,13 +558,13 @@ class ExactIndex:
                 )
                 if hidden is not None:
                     total[np.repeat(hidden, cnt)] = -np.inf
-                if clip_rows is None:
-                    clip_rows = np.arange(offsets[v0], offsets[v1])
-                within = clip_rows - np.repeat(offsets[vids], cnt)
-                acc.push(total.T, base[1] + clip_rows, lambda cols, within=within: within[cols])
+                if rows_kept is None:
+                    rows_kept = np.arange(offsets[v0], offsets[v1])
+                within = rows_kept - np.repeat(offsets[vids], cnt)
+                acc.push(total.T, base[1] + rows_kept, lambda cols, within=within: within[cols])
 
     def _scan_videos(
-        self, seg: _Segment, q: np.ndarray, mask: np.ndarray, acc: TopK, video_base: int, rows: int, piece
+        self, seg: Segment, q: np.ndarray, mask: np.ndarray, acc: TopK, video_base: int, rows: int, piece
     ) -> None:
         """Scoring 'video': one product with the video vectors, in blocks of ``rows`` videos."""
         assert seg.vectors is not None
@@ -821,7 +576,7 @@ class ExactIndex:
                 continue
             dense = 2 * selected >= v1 - v0
             vids = np.arange(v0, v1) if dense else v0 + np.flatnonzero(keep)
-            total = _dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
+            total = dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
             if dense and selected < v1 - v0:
                 total[~keep] = -np.inf
             acc.push(total.T, video_base + vids)
@@ -928,7 +683,7 @@ class ExactIndex:
                 raise
             vdir = root / name
             self._segments = [
-                _Segment.open(vdir / e["name"], e, self.scoring, self.dim, self._mmap, False, self._float32)
+                Segment.open(vdir / e["name"], e, self.scoring, self.dim, self._mmap, False, self._float32)
                 for e in entries
             ]
             self._locate = None
@@ -940,7 +695,7 @@ class ExactIndex:
 
     def _write_segments(self, tmp: Path, merge: bool, fsync: bool) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
-        pending: list[tuple[_Segment, np.ndarray | None]] = []
+        pending: list[tuple[Segment, np.ndarray | None]] = []
         for seg in self._segments:
             live = int(np.count_nonzero(seg.alive))
             if live == 0:
@@ -966,7 +721,7 @@ class ExactIndex:
             entries.append(self._write_segment(tmp, pending, fsync))
         return entries
 
-    def _write_segment(self, tmp: Path, parts: list[tuple[_Segment, np.ndarray | None]], fsync: bool) -> dict:
+    def _write_segment(self, tmp: Path, parts: list[tuple[Segment, np.ndarray | None]], fsync: bool) -> dict:
         name = f"seg-{self._next_segment:06d}"
         self._next_segment += 1
         segs = [seg for seg, _ in parts]
@@ -979,17 +734,17 @@ class ExactIndex:
                 [np.diff(seg.offsets)[rows] for seg, rows in zip(segs, rows_of, strict=True)]
             )
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            clip_idx = [None if keep is None else _clip_rows(seg.offsets, keep) for seg, keep in parts]
+            clip_idx = [None if keep is None else clip_rows(seg.offsets, keep) for seg, keep in parts]
             pairs = list(zip(segs, clip_idx, strict=True))
             clip_chunks = itertools.chain.from_iterable(
-                store.iter_chunks(seg.clips, idx, _WRITE_CHUNK) for seg, idx in pairs
+                store.iter_chunks(seg.clips, idx, WRITE_CHUNK) for seg, idx in pairs
             )
             spans = np.concatenate(
                 [np.asarray(seg.spans if idx is None else seg.spans[idx]) for seg, idx in pairs]
             )
         if self.scoring.uses_video_vectors:
             vector_chunks = itertools.chain.from_iterable(
-                store.iter_chunks(seg.vectors, keep, _WRITE_CHUNK) for seg, keep in parts
+                store.iter_chunks(seg.vectors, keep, WRITE_CHUNK) for seg, keep in parts
             )
         files = SegmentFiles.write(
             tmp / name,
@@ -1072,7 +827,7 @@ class ExactIndex:
             index._mmap, index._float32 = mmap, float32
             try:
                 index._segments = [
-                    _Segment.open(root / name / e["name"], e, index.scoring, index.dim, mmap, verify, float32)
+                    Segment.open(root / name / e["name"], e, index.scoring, index.dim, mmap, verify, float32)
                     for e in manifest["segments"]
                 ]
             except (FileNotFoundError, IndexFormatError):

@@ -157,7 +157,7 @@ def test_clip_and_video_counts_in_info(ix):
 
 
 def test_float16_decode_is_exact_for_every_finite_value():
-    from prvr_sdk.index.exact import _decode_f16
+    from prvr_sdk.index.blocks import decode_f16 as _decode_f16
 
     every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
     every = every[np.isfinite(every)]  # 63488 values: zeros, subnormals, normals, both signs
