@@ -65,6 +65,21 @@ def open_retriever(bundle: Path, backend: str, device: str):
     return retriever
 
 
+def recorded_bundle(index: Path) -> Path:
+    """The bundle path an index recorded at build time (``--bundle`` overrides it)."""
+    from prvr_sdk.index import ExactIndex
+
+    loaded = ExactIndex.load(index)
+    recorded = loaded.bundle_path
+    loaded.close()
+    if not recorded:
+        raise InvalidInputError(f"index {index} records no bundle path; pass --bundle")
+    if not Path(recorded).is_dir():
+        raise InvalidInputError(f"index {index} was built with bundle {recorded}, which no longer exists; "
+                                "pass --bundle")
+    return Path(recorded)
+
+
 def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
     """Write text lines to a temp file next to ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ FeaturesOpt = Annotated[
 ]
 FpsOpt = Annotated[
     float | None,
-    typer.Option("--fps", help="Frame features per second, for clip times [default: the bundle's]."),
+    typer.Option("--fps", help="Frame features per second, for clip times \\[default: the bundle's]."),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Videos per encoder call.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto, onnxruntime or tensorrt.")]
@@ -53,7 +53,13 @@ def encode(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Encode videos from their frame features into clip embeddings with time spans (.npz)."""
+    """Encode videos from their frame features into clip embeddings with time spans (.npz).
+
+    Progress goes to stderr (on a terminal), then a summary line, or the summary as JSON on stdout.
+
+    Exit codes: 0 done; 2 bad input (unknown feature format, NaN frames, wrong feature width); 3 backend
+    not installed (e.g. h5py for .h5); 5 bundle missing or corrupt (checksum).
+    """
     started = time.perf_counter()
     try:
         retriever = open_retriever(bundle, backend, device)

@@ -42,12 +42,12 @@ def export(
     checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--checkpoint", help="best.pt / last.pt or a run directory [default: newest run of --model]."
+            "--checkpoint", help="best.pt / last.pt or a run directory \\[default: newest run of --model]."
         ),
     ] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where to look for runs.")] = Path("runs"),
     out: Annotated[
-        Path | None, typer.Option("--out", help="Bundle directory [default: bundles/<model>-<dataset>].")
+        Path | None, typer.Option("--out", help="Bundle directory \\[default: bundles/<model>-<dataset>].")
     ] = None,
     opset: Annotated[int, typer.Option("--opset", min=18, help="ONNX opset of the graphs.")] = 18,
     validate: Annotated[
@@ -61,7 +61,7 @@ def export(
     fps: Annotated[
         float | None,
         typer.Option("--fps", help="Frame features per second of the video features, for clip times in "
-                     "seconds [default: known per collection: demo 1, tvr 1/1.5]."),
+                     "seconds \\[default: known per collection: demo 1, tvr 1/1.5]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
 ) -> None:

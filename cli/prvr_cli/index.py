@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prvr_cli.common import err, fail, open_retriever, read_metadata
+from prvr_cli.common import err, fail, open_retriever, read_metadata, recorded_bundle
 from prvr_cli.encode import BackendOpt, BatchOpt, DeviceOpt, FpsOpt, JsonOpt, encode_source
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
@@ -75,7 +75,14 @@ def build(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Create an index from frame features (or `prvr encode` output) with the bundle's video encoder."""
+    """Create an index from frame features (or `prvr encode` output) with the bundle's video encoder.
+
+    Every video's metadata gets "duration" (seconds) unless --metadata gives one. The index records the
+    bundle's path, so `prvr search` and `prvr index add` find the bundle without --bundle.
+
+    Exit codes: 0 built; 2 bad input (--out exists without --overwrite, bad metadata or features);
+    3 backend not installed; 5 bundle corrupt; 6 --embeddings made with another bundle.
+    """
     try:
         if out.exists() and not overwrite:
             raise InvalidInputError(f"--out {out} exists; pass --overwrite to replace it")
@@ -98,7 +105,7 @@ def add(
     embeddings: EmbeddingsOpt = None,
     metadata: MetadataOpt = None,
     bundle: Annotated[
-        Path | None, typer.Option("--bundle", help="Bundle [default: the one the index records].")
+        Path | None, typer.Option("--bundle", help="Bundle \\[default: the one the index records].")
     ] = None,
     upsert: Annotated[bool, typer.Option("--upsert", help="Replace videos already in the index.")] = False,
     fps: FpsOpt = None,
@@ -107,10 +114,15 @@ def add(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Add videos to an index as a new segment (atomic; the index must have been built with the bundle)."""
+    """Add videos to an index as a new segment (atomic; the index must have been built with the bundle).
+
+    Exit codes: 0 added; 2 bad input (an id already in the index without --upsert, no bundle to use);
+    3 backend not installed; 5 bundle or index corrupt; 6 index built with another bundle; 7 index busy
+    (another writer holds its lock, or it changed since it was read: retry).
+    """
     try:
         meta = read_metadata(metadata)
-        retriever = open_retriever(bundle or _recorded_bundle(index), backend, device)
+        retriever = open_retriever(bundle or recorded_bundle(index), backend, device)
         retriever.load_index(index)
         emb = _embeddings(retriever, features, embeddings, fps, batch_size)
         _add(retriever, emb, meta, metadata, upsert=upsert)
@@ -127,11 +139,16 @@ def info(
     index: Annotated[Path, typer.Option("--index", help="Index directory.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Describe an index: videos, clips, size, scoring rule, the bundle it belongs to."""
+    """Describe an index: videos, clips, size, scoring rule, the bundle it belongs to.
+
+    Exit codes: 0 ok; 5 not an index, or a corrupt one.
+    """
     from prvr_sdk.index import ExactIndex
 
     try:
-        details = ExactIndex.load(index).info()
+        loaded = ExactIndex.load(index)
+        details = loaded.info()
+        loaded.close()
     except PrvrError as exc:
         fail(exc)
     if as_json:
@@ -144,15 +161,3 @@ def info(
         table.add_row(key, json.dumps(value) if isinstance(value, dict) else str(value))
     Console().print(table)
 
-
-def _recorded_bundle(index: Path) -> Path:
-    """The bundle path an index recorded at build time (``--bundle`` overrides it)."""
-    from prvr_sdk.index import ExactIndex
-
-    recorded = ExactIndex.load(index).bundle_path
-    if not recorded:
-        raise InvalidInputError(f"index {index} records no bundle path; pass --bundle")
-    if not Path(recorded).is_dir():
-        raise InvalidInputError(f"index {index} was built with bundle {recorded}, which no longer exists; "
-                                "pass --bundle")
-    return Path(recorded)

@@ -16,12 +16,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prvr_cli.common import err, fail, open_retriever, write_lines_atomic
+from prvr_cli.common import err, fail, open_retriever, recorded_bundle, write_lines_atomic
 from prvr_cli.encode import BackendOpt, DeviceOpt
-from prvr_cli.index import _recorded_bundle
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
 BATCH = 256  # queries per search call for --queries files
+COLUMNS = ("rank", "video", "score", "moment")  # the single-query table
+JUSTIFY = ("right", "left", "right", "right")
 
 
 def _moment(start: float | None, end: float | None) -> str:
@@ -67,7 +68,7 @@ def search(
         "index"
     ),
     bundle: Annotated[
-        Path | None, typer.Option("--bundle", help="Bundle [default: the one the index records].")
+        Path | None, typer.Option("--bundle", help="Bundle \\[default: the one the index records].")
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Hits per query.")] = 10,
     filter: Annotated[
@@ -88,7 +89,16 @@ def search(
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines (one per hit) on stdout.")] = False,
 ) -> None:
-    """Search an index with a sentence (or a file of sentences); print the hits with their moments."""
+    """Search an index with a sentence (or a file of sentences); print the hits with their moments.
+
+    One QUERY prints a table (rank, video, score, moment), or JSON lines with --json. --queries FILE
+    (one query per line) or --query-features FILE writes JSON lines {query_index, query, rank, hit...}
+    to --out (atomic) or stdout.
+
+    Exit codes: 0 ok; 2 bad input (bad --filter JSON, not exactly one query source, strings for a bundle
+    without a text front end, no bundle to use); 3 backend not installed; 5 bundle or index corrupt;
+    6 index built with another bundle.
+    """
     try:
         given = [q for q in (query, queries, query_features) if q is not None]
         if len(given) != 1:
@@ -96,10 +106,10 @@ def search(
         if out is not None and queries is None and query_features is None:
             raise InvalidInputError("--out is for batch mode (--queries or --query-features)")
         where = _parse_filter(filter)
-        retriever = open_retriever(bundle or _recorded_bundle(index), backend, device)
+        retriever = open_retriever(bundle or recorded_bundle(index), backend, device)
         retriever.load_index(index)
         if query is not None:
-            texts, emb = [query], retriever.encode_text([query])
+            texts, emb = [query], retriever.encode_text([query], show_progress=False)  # one query: no bar
         elif queries is not None:
             texts = _read_queries(queries)
             emb = retriever.encode_text(texts, batch_size=64, show_progress=None)
@@ -126,10 +136,29 @@ def search(
             for line in lines:
                 typer.echo(line)
         return
+    cells = [
+        (str(r["rank"]), r["video_id"], f"{r['score']:.4f}", _moment(r["start"], r["end"])) for r in rows
+    ]
+    console = Console()
+    if not console.is_terminal:  # piped: plain aligned columns, no box drawing or wrapping
+        for line in _plain_table(cells):
+            typer.echo(line)
+        return
     table = Table(title=f"{query!r}: top {top_k} in {index}", title_justify="left")
-    for name, justify in (("rank", "right"), ("video", "left"), ("score", "right"), ("moment", "right")):
+    for name, justify in zip(COLUMNS, JUSTIFY, strict=True):
         table.add_column(name, justify=justify)
-    for row in rows:
-        moment = _moment(row["start"], row["end"])
-        table.add_row(str(row["rank"]), row["video_id"], f"{row['score']:.4f}", moment)
-    Console().print(table)
+    for row in cells:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _plain_table(cells: list[tuple[str, ...]]) -> list[str]:
+    """Header plus one line per hit, columns padded to their widest cell and separated by two spaces."""
+    widths = [max(len(c) for c in column) for column in zip(COLUMNS, *cells, strict=True)]
+    lines = []
+    for row in (COLUMNS, *cells):
+        padded = (
+            c.rjust(w) if j == "right" else c.ljust(w) for c, w, j in zip(row, widths, JUSTIFY, strict=True)
+        )
+        lines.append("  ".join(padded).rstrip())
+    return lines

@@ -92,9 +92,9 @@ class Retriever:
         self.fps: float | None = m["video_input"].get("fps")
         self.index: ExactIndex | None = None
         self._warned_fps = False
-        probe = self.encode_text(np.zeros((1, self.text_spec.dim), dtype=np.float32)
-                                 if self.text_spec.kind == "tokens" else np.zeros(self.text_spec.dim,
-                                                                                  dtype=np.float32))
+        spec = self.text_spec
+        zeros = np.zeros((1, spec.dim) if spec.kind == "tokens" else spec.dim, dtype=np.float32)
+        probe = self.encode_text(zeros, show_progress=False)  # the embedding size, from the graph itself
         self.dim = int(probe.shape[-1])
 
     # ------------------------------------------------------------------ construction

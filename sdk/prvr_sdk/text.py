@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from prvr_sdk.backends.base import Session
+from prvr_sdk.bundle import Bundle
 from prvr_sdk.errors import BackendUnavailableError, BundleError, InvalidInputError
 
 __all__ = ["TextFrontend", "missing_frontend_message"]
@@ -44,6 +45,7 @@ class TextFrontend:
         backbone: the backbone's full name, for messages.
         output: ``"tokens"`` or ``"sentence"``: what ``encode`` returns.
         max_length: word pieces the tokenizer keeps (longer texts are cut, with a warning).
+        dim: feature size of the backbone (``0`` when the manifest does not say).
     """
 
     def __init__(self, tokenizer: Any, session: Session, spec: Mapping[str, Any]) -> None:
@@ -53,11 +55,12 @@ class TextFrontend:
         self.backbone = str(spec.get("backbone", self.kind))
         self.output = str(spec["output"])
         self.max_length = int(spec["max_length"])
+        self.dim = int(spec.get("dim", 0))
         if self.output not in ("tokens", "sentence"):
             raise BundleError(f"text front end output {self.output!r}: expected 'tokens' or 'sentence'")
 
     @classmethod
-    def from_bundle(cls, bundle: Any, open_session: Callable[[Path], Session]) -> TextFrontend | None:
+    def from_bundle(cls, bundle: Bundle, open_session: Callable[[Path], Session]) -> TextFrontend | None:
         """The bundle's front end, or ``None`` when its manifest has none.
 
         Raises:
@@ -84,10 +87,15 @@ class TextFrontend:
         Returns:
             ``output == "tokens"``: a list of float32 ``[n_i, D]`` (real tokens); ``"sentence"``: ``[N, D]``.
         Raises:
-            InvalidInputError: a text that is not a string, or is empty / blank.
+            InvalidInputError: ``texts`` is a lone string (wrap it in a list); a text that is not a string,
+                or is empty / blank.
         Warns:
             UserWarning: texts longer than ``max_length`` word pieces (their tail is dropped).
         """
+        if isinstance(texts, str):  # a str is a Sequence[str] too: it would encode one character per text
+            raise InvalidInputError(
+                f"texts: expected a list of strings, got one string; pass [{texts[:20]!r}]"
+            )
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidInputError(f"texts[{i}]: expected a string, got {type(text).__name__}")
@@ -119,4 +127,4 @@ class TextFrontend:
             )
         if self.output == "tokens":
             return results  # type: ignore[return-value]
-        return np.stack(results) if results else np.zeros((0, 0), dtype=np.float32)  # type: ignore[arg-type]
+        return np.stack(results) if results else np.zeros((0, self.dim), dtype=np.float32)  # type: ignore[arg-type]

@@ -137,6 +137,16 @@ def test_errors_exit_with_documented_codes(setup, tmp_path):
     mismatch = runner.invoke(app, ["index", "add", "--index", str(idx), "--bundle", str(other),
                                    "--features", str(root / "feats.npz")])
     assert mismatch.exit_code == 6 and "bundle" in mismatch.output
+    searched = runner.invoke(app, ["search", "--index", str(idx), "--bundle", str(other), "--query-features",
+                                   str(root / "q.npy")])
+    assert searched.exit_code == 6 and "bundle" in searched.output
+    Retriever.from_bundle(other, device="cpu").encode_video({"x": np.ones((4, 128), np.float32)}).save(
+        tmp_path / "other.npz"
+    )
+    foreign = runner.invoke(app, ["index", "build", "--bundle", str(bundle), "--embeddings",
+                                  str(tmp_path / "other.npz"), "--out", str(tmp_path / "idx_other")])
+    assert foreign.exit_code == 6 and "encode them again" in foreign.output
+    assert not (tmp_path / "idx_other").exists()
     (other / "video_encoder.onnx").write_bytes(b"garbage")
     corrupt = runner.invoke(app, ["encode", "--bundle", str(other), "--features", str(root / "feats.npz"),
                                   "--out", str(tmp_path / "x.npz")])
@@ -153,7 +163,10 @@ def test_sentences_with_a_front_end_bundle(setup, frontend_bundle, tmp_path):
     table = _ok(["search", "a man opens a door", "--index", idx, "--top-k", "3"]).stdout
     r = Retriever.from_bundle(frontend_bundle, device="cpu", index=idx)
     best = r.search("a man opens a door", top_k=3)
-    assert best[0].video_id in table and "rank" in table
+    header, first, *rest = table.splitlines()  # not a terminal: plain aligned columns
+    assert header.split() == ["rank", "video", "score", "moment"] and len(rest) == 2
+    assert first.split()[:3] == ["1", best[0].video_id, f"{best[0].score:.4f}"]
+    assert first.endswith(f"{best[0].start:.1f}–{best[0].end:.1f} s")
     queries = tmp_path / "q.txt"
     queries.write_text("a man opens a door\n\n  a dog runs on the beach  \n")
     _ok(["search", "--index", idx, "--queries", queries, "--top-k", "2", "--out", tmp_path / "ranked.jsonl"])

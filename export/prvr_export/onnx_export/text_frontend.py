@@ -140,6 +140,7 @@ def export_text_frontend(
             "inputs": ["input_ids", "attention_mask"],
             "outputs": ["token_embeddings", "sentence_embedding"],
             "max_length": max_length,
+            "dim": int(module.bert.config.hidden_size),  # both outputs: mean pooling keeps the width
             "parity_max_abs_diff": diffs,
         },
         "files": {TOKENIZER_FILE: {"role": "text_frontend"}, BACKBONE_FILE: {"role": "text_frontend"}},

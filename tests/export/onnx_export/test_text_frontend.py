@@ -55,6 +55,7 @@ def test_manifest_records_the_front_end_and_seals_its_files(bundle_dir):
     bundle = sdk_bundle.load(bundle_dir)
     spec = bundle.manifest["text_input"]["frontend"]
     assert spec["kind"] == "minilm" and spec["output"] == "sentence" and spec["max_length"] == 256
+    assert spec["dim"] == bundle.manifest["text_input"]["dim"] == 384
     assert max(spec["parity_max_abs_diff"].values()) <= 1e-4
     assert {"text_frontend/tokenizer.json", "text_frontend/backbone.onnx"} <= set(bundle.files)
     assert bundle.manifest["video_input"]["fps"] == 1.0
@@ -116,8 +117,22 @@ def test_bundles_without_front_end_name_the_backbone(tmp_path):
     torch.manual_seed(0)
     model = create_model("amdnet", "demo").eval()
     out = tmp_path / "b"
-    export_bundle(model, model.config, out, model_name="amdnet", dataset="demo", text_frontend=None)
+    manifest = export_bundle(
+        model, model.config, out, model_name="amdnet", dataset="demo", text_frontend=None
+    )
+    assert manifest["text_input"]["frontend"] is None
+    assert not any(name.startswith("text_frontend/") for name in manifest["files"])
+    assert TextFrontend.from_bundle(sdk_bundle.load(out), lambda p: pytest.fail("opened a session")) is None
     r = Retriever.from_bundle(out, device="cpu")
     assert not r.accepts_strings
     with pytest.raises(InvalidInputError, match=r"no text front end.*minilm.*\[Dq\] sentence features"):
         r.encode_text("a man opens a door")
+
+
+@pytest.mark.slow  # a second MiniLM export (~9 s on 2 cores) only to see the failure path
+def test_parity_beyond_atol_fails_the_export_with_a_table(tmp_path):
+    from prvr_export.onnx_export.text_frontend import export_text_frontend
+    from prvr_sdk.errors import ParityError
+
+    with pytest.raises(ParityError, match=r"beyond atol 0:\ntoken_embeddings .*\nsentence_embedding"):
+        export_text_frontend(tmp_path, atol=0.0)
