@@ -53,6 +53,17 @@ def _add(retriever, emb, meta: dict, metadata: Path | None, upsert: bool) -> Non
     retriever.add(emb, [meta.get(v, {}) for v in emb.ids], upsert=upsert)
 
 
+def _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, upsert, **save) -> dict:
+    """Encode (or load) the videos, add them to the retriever's index, save it (``save``: ``path``,
+    ``overwrite`` for a new index) and release the lock; returns the saved index's info."""
+    emb = _embeddings(retriever, features, embeddings, fps, batch_size)
+    _add(retriever, emb, meta, metadata, upsert=upsert)
+    retriever.index.save(**save)
+    info = retriever.index.info()
+    retriever.index.close()
+    return info
+
+
 def _report(info: dict, as_json: bool, action: str) -> None:
     if as_json:
         typer.echo(json.dumps({"action": action, **info}))
@@ -88,11 +99,8 @@ def build(
             raise InvalidInputError(f"--out {out} exists; pass --overwrite to replace it")
         meta = read_metadata(metadata)  # before encoding: a bad file fails fast
         retriever = open_retriever(bundle, backend, device)
-        emb = _embeddings(retriever, features, embeddings, fps, batch_size)
-        _add(retriever, emb, meta, metadata, upsert=False)
-        retriever.index.save(out, overwrite=overwrite)
-        info = retriever.index.info()
-        retriever.index.close()
+        info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, False,
+                             path=out, overwrite=overwrite)
     except PrvrError as exc:
         fail(exc)
     _report(info, as_json, "built")
@@ -124,11 +132,7 @@ def add(
         meta = read_metadata(metadata)
         retriever = open_retriever(bundle or recorded_bundle(index), backend, device)
         retriever.load_index(index)
-        emb = _embeddings(retriever, features, embeddings, fps, batch_size)
-        _add(retriever, emb, meta, metadata, upsert=upsert)
-        retriever.index.save()
-        info = retriever.index.info()
-        retriever.index.close()
+        info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, upsert)
     except PrvrError as exc:
         fail(exc)
     _report(info, as_json, "updated")

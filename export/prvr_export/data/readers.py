@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prvr_sdk.errors import InvalidInputError
-from prvr_sdk.sources import BigFile, BigFileVideos, H5Features, read_video2frames
+from prvr_sdk.sources import BigFile, BigFileVideos, H5Features, read_video2frames, require_file
 
 __all__ = [
     "BigFile",
@@ -29,12 +29,6 @@ __all__ = [
     "read_video2frames",
     "video_id_of",
 ]
-
-
-def _require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise InvalidInputError(f"{path}: {what} not found")
-    return path
 
 
 # --- caption files ------------------------------------------------------------------------------------
@@ -60,7 +54,7 @@ def read_captions(path: str | os.PathLike) -> list[Caption]:
     Raises:
         InvalidInputError: the file is missing, a line has no text, a cap_id repeats, or the file is empty.
     """
-    path = _require_file(Path(path), "caption file")
+    path = require_file(Path(path), "caption file")
     captions: list[Caption] = []
     seen: set[str] = set()
     with open(path, encoding="utf-8") as f:
@@ -90,7 +84,7 @@ def read_meta(path: str | os.PathLike) -> dict:
     Raises:
         InvalidInputError: the file is not JSON, or lacks the ``videos`` / ``captions`` objects.
     """
-    path = _require_file(Path(path), "metadata file")
+    path = require_file(Path(path), "metadata file")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:

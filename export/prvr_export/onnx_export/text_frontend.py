@@ -24,6 +24,7 @@ import onnx
 import torch
 
 from prvr_sdk.errors import InvalidInputError, ParityError
+from prvr_sdk.text import load_tokenizer
 
 __all__ = ["FRONTENDS", "FRONTEND_DIR", "export_text_frontend"]
 
@@ -58,12 +59,7 @@ class _Backbone(torch.nn.Module):
 
 
 def _tokenize(tokenizer_path: Path, texts: tuple[str, ...], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_path))
-    tok.enable_truncation(max_length)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    enc = tok.encode_batch(list(texts))
+    enc = load_tokenizer(tokenizer_path, max_length).encode_batch(list(texts))
     return (
         np.array([e.ids for e in enc], dtype=np.int64),
         np.array([e.attention_mask for e in enc], dtype=np.int64),
