@@ -49,6 +49,7 @@ from prvr_sdk.index.locking import IndexConflictError, WriterLock
 from prvr_sdk.index.segment import Segment, SegmentView
 from prvr_sdk.index.store import IndexFormatError, SegmentFiles
 from prvr_sdk.index.topk import TopK
+from prvr_sdk.progress import progress
 from prvr_sdk.scoring import weighted_score
 
 __all__ = ["ExactIndex"]
@@ -183,6 +184,46 @@ class ExactIndex:
         """Release the writer lock if held (unsaved changes stay in memory; a later save re-locks)."""
         if self._lock is not None:
             self._lock.release()
+
+    def lock(self) -> None:
+        """Take the writer lock of the bound directory now instead of at the first change.
+
+        For callers about to do long work before their first ``add`` (``prvr index add`` encodes every
+        video first): a second writer then learns at once that the index is busy, not after encoding.
+
+        Raises:
+            IndexLockedError: another writer holds the directory.
+            IndexConflictError: the directory changed on disk since this index was loaded.
+        """
+        self._begin_write()
+
+    @classmethod
+    def verify(cls, path: str | os.PathLike, show_progress: bool | None = None) -> dict[str, Any]:
+        """Full check of the live version: every file's sha256, every id list and metadata line.
+
+        Reads every byte once (``load`` checks only sizes and headers). Returns a JSON-ready report.
+
+        Raises:
+            IndexFormatError: the first problem, naming the file (and line).
+        """
+        root = Path(path).absolute()
+        name, manifest = store.open_current(root)
+        index = cls._from_manifest(manifest, root)
+        files = bytes_ = 0
+        with progress(len(manifest["segments"]), "verify segments", show_progress) as advance:
+            for entry in manifest["segments"]:
+                seg = Segment.open(
+                    store.segment_dir(root / name, entry["name"]), entry, index.scoring, index.dim,
+                    mmap=True, verify=True,
+                )
+                for row in range(len(seg)):
+                    seg.metadata(row)
+                files += len(seg.files)
+                bytes_ += sum(int(f["bytes"]) for f in seg.files.values())
+                advance(1)
+        return {"path": str(root), "version": name, "ok": True, "segments": len(manifest["segments"]),
+                "videos": sum(int(e.get("videos", 0)) for e in manifest["segments"]), "files": files,
+                "bytes": bytes_, "manifest_sealed": store.SELF_DIGEST in manifest}
 
     def __enter__(self) -> ExactIndex:
         return self
@@ -716,7 +757,6 @@ class ExactIndex:
                 entries.append(
                     {"name": seg.name, "videos": len(seg), "clips": seg.num_clips, "files": seg.files}
                 )
-        store.crash_point("linked")
         if pending:  # unsaved segments always come after saved ones, so appending keeps insertion order
             entries.append(self._write_segment(tmp, pending, fsync))
         return entries
@@ -757,7 +797,6 @@ class ExactIndex:
             vector_chunks=vector_chunks,
             fsync=fsync,
         )
-        store.crash_point("segment")
         return {
             "name": name,
             "videos": len(ids),
@@ -827,14 +866,17 @@ class ExactIndex:
             index._mmap, index._float32 = mmap, float32
             try:
                 index._segments = [
-                    Segment.open(root / name / e["name"], e, index.scoring, index.dim, mmap, verify, float32)
+                    Segment.open(
+                        store.segment_dir(root / name, e["name"]), e, index.scoring, index.dim, mmap,
+                        verify, float32,
+                    )
                     for e in manifest["segments"]
                 ]
             except (FileNotFoundError, IndexFormatError):
                 if attempt < 2 and store.read_current(root) != name:
                     continue  # a writer replaced the version while we opened it
                 raise
-            index._next_segment = int(manifest.get("next_segment", len(index._segments) + 1))
+            index._next_segment = manifest.get("next_segment", len(index._segments) + 1)
             index._bind(root, name)
             return index
         raise AssertionError("unreachable")
@@ -854,7 +896,15 @@ class ExactIndex:
                 isinstance(e, dict) and "name" in e for e in segments
             ):
                 raise TypeError("segments must be a list of objects with a name")
-        except (KeyError, TypeError, InvalidInputError) as exc:
+            names = [e["name"] for e in segments]
+            if len(set(map(repr, names))) != len(names):
+                raise TypeError(f"segment names repeat: {names}")
+            following = manifest.get("next_segment", len(segments) + 1)
+            if isinstance(following, bool) or not isinstance(following, int) or following < 1:
+                raise TypeError(f"next_segment must be a positive integer, got {following!r:.40}")
+        except KeyError as exc:
+            raise IndexFormatError(f"{root}: malformed index manifest (no key {exc})") from None
+        except (TypeError, ValueError, InvalidInputError) as exc:
             raise IndexFormatError(f"{root}: malformed index manifest ({exc})") from None
         return index
 

@@ -70,9 +70,10 @@ class Segment:
 
     def metadata_line(self, row: int) -> bytes:
         if self._lines is None:
-            assert self._metadata_map is not None and self.source is not None
-            lines = self._metadata_map[:].split(b"\n")[:-1]
-            if len(lines) != len(self.ids):
+            assert self.source is not None
+            data = self._metadata_map[:] if self._metadata_map is not None else b""
+            lines = data.split(b"\n")[:-1]
+            if len(lines) != len(self.ids) or (data and not data.endswith(b"\n")):
                 raise IndexFormatError(
                     f"{self.source / store.METADATA}: {len(lines)} lines for {len(self.ids)} videos"
                 )
@@ -82,7 +83,14 @@ class Segment:
     def metadata(self, row: int) -> dict[str, Any]:
         if self._records is not None:
             return dict(self._records[row])
-        return json.loads(self.metadata_line(row))
+        return self._parse(row)
+
+    def _parse(self, row: int) -> dict[str, Any]:
+        """Row ``row``'s metadata; a saved segment's broken line is an ``IndexFormatError`` naming it."""
+        line = self.metadata_line(row)
+        if self.source is None:
+            return json.loads(line)  # written by ``add`` from checked dicts
+        return store.parse_metadata_line(line, self.source / store.METADATA, row)
 
     def column(self, field: str) -> Column:
         """Filter column of ``field`` over this segment (built on first use, then cached)."""
@@ -92,7 +100,7 @@ class Segment:
             return self._id_column
         if field not in self._columns:
             if self._records is None:
-                self._records = [json.loads(self.metadata_line(i)) for i in range(len(self.ids))]
+                self._records = [self._parse(i) for i in range(len(self.ids))]
             self._columns[field] = build_column([r.get(field, ABSENT) for r in self._records])
         return self._columns[field]
 
@@ -110,13 +118,17 @@ class Segment:
         files = entry.get("files")
         if not isinstance(files, dict):
             raise IndexFormatError(f"manifest entry of segment {directory} lists no files")
+        needed = {store.IDS, store.METADATA}
+        needed |= {store.CLIPS, store.OFFSETS, store.SPANS} if rule.uses_clips else set()
+        needed |= {store.VECTORS} if rule.uses_video_vectors else set()
+        if needed - set(files):
+            raise IndexFormatError(
+                f"manifest entry of segment {directory} does not list {sorted(needed - set(files))}"
+            )
         SegmentFiles.check(directory, files, verify)
-        try:
-            ids = json.loads((directory / store.IDS).read_text())
-        except json.JSONDecodeError as exc:
-            raise IndexFormatError(f"{directory / store.IDS} is not valid JSON ({exc})") from None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise IndexFormatError(f"{directory / store.IDS} must hold a list of strings")
+        ids = store.read_json(directory / store.IDS, max_bytes=files[store.IDS]["bytes"])
+        if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
+            raise IndexFormatError(f"{directory / store.IDS} must hold a list of non-empty strings")
         nv = len(ids)
         offsets = clips = spans = vectors = None
         where = f"index segment {directory}"
@@ -144,8 +156,9 @@ class Segment:
             clips = None if clips is None else decode_all(clips)
             vectors = None if vectors is None else decode_all(vectors)
         segment = cls(ids, offsets, clips, spans, vectors, source=directory, name=directory.name, files=files)
-        with open(directory / store.METADATA, "rb") as f:
-            segment._metadata_map = mmaplib.mmap(f.fileno(), 0, access=mmaplib.ACCESS_READ)
+        if files[store.METADATA]["bytes"] > 0:  # mmap refuses an empty file
+            with open(directory / store.METADATA, "rb") as f:
+                segment._metadata_map = mmaplib.mmap(f.fileno(), 0, access=mmaplib.ACCESS_READ)
         return segment
 
 

@@ -6,7 +6,8 @@ Layout of an index directory::
       CURRENT                 the live version's name, e.g. "v000004" (one line)
       LOCK                    present while a writer works on the index (locking.py)
       v000004/                a committed version; never modified once CURRENT may name it
-        manifest.json         format, dim, scoring, model, bundle_sha256, counts, segments + file sizes/sha256
+        manifest.json         format, dim, scoring, model, bundle_sha256, counts, segments + file
+                              sizes/sha256, and ``manifest_sha256`` (its own digest)
         seg-000001/           a segment: videos added together (immutable)
           clips.f16.npy       float16 [N_clips, D], C order, memory-mapped at load
           offsets.npy         int64 [N_videos + 1]; video i owns clip rows offsets[i]:offsets[i+1]
@@ -26,23 +27,22 @@ point before the replace, the directory still holds the previous ``CURRENT`` and
 after it, the new one. Readers holding mapped files of a deleted version keep valid mappings (POSIX
 unlink semantics), and ``open_current`` retries when a version disappears under it.
 
-Test hooks (used by ``tests/sdk/index/test_crash.py``, inert otherwise): ``PRVR_INDEX_CRASH_AT=<stage>``
-makes the saving process SIGKILL itself at that stage; ``PRVR_INDEX_SAVE_PAUSE=<seconds>`` sleeps at
-every stage, so a test can kill the writer from outside. Stages, in order: ``segment-file`` (after each
-file of a new segment), ``segment``, ``linked``, ``manifest``, ``renamed``, ``pointer`` (``CURRENT.tmp``
-written, not yet replaced), ``committed``, ``gc``.
+An index directory is untrusted input (it may come from elsewhere): every name read from a manifest is
+checked against the fixed vocabulary below (``seg-NNNNNN``, the six file names) and must resolve inside
+the version directory before anything is opened, linked or copied; text files are size-capped and
+decoded strictly; ``.npy`` headers are checked against the file's size before any array is read; and a
+save creates every file exclusively (``O_EXCL``), so it never writes through a planted file or link.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import signal
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,9 +60,11 @@ __all__ = [
     "IndexFormatError",
     "SegmentFiles",
     "commit",
-    "crash_point",
+    "manifest_digest",
     "open_current",
     "read_current",
+    "read_json",
+    "segment_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,19 +75,16 @@ CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 CLIPS, OFFSETS, SPANS, VECTORS = "clips.f16.npy", "offsets.npy", "spans.npy", "video_vecs.f16.npy"
 IDS, METADATA = "ids.json", "metadata.jsonl"
+SEGMENT_FILES = frozenset({CLIPS, OFFSETS, SPANS, VECTORS, IDS, METADATA})
+SELF_DIGEST = "manifest_sha256"
+# Expected dtype and rank of each array file; anything else in a header is refused before reading.
+NPY_LAYOUT = {CLIPS: ("<f2", 2), OFFSETS: ("<i8", 1), SPANS: ("<f8", 2), VECTORS: ("<f2", 2)}
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
+_SEGMENT_RE = re.compile(r"^seg-\d{6,}$")
 _TMP_PREFIX = ".tmp-"
-_CRASH_ENV, _PAUSE_ENV = "PRVR_INDEX_CRASH_AT", "PRVR_INDEX_SAVE_PAUSE"
+_MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists segments, not videos: megabytes at most
+_MAX_CURRENT_BYTES = 64
 _COPY_WARNED: set[str] = set()
-
-
-def crash_point(stage: str) -> None:
-    """Test hook: die (SIGKILL) or pause here when the environment asks; see the module docstring."""
-    pause = os.environ.get(_PAUSE_ENV)
-    if pause:
-        time.sleep(float(pause))
-    if os.environ.get(_CRASH_ENV) == stage:
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
 def _fsync_path(path: Path) -> None:
@@ -106,31 +105,121 @@ def version_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+# --- untrusted names and text ----------------------------------------------------------------------------
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):  # outside, or a symlink loop
+        return False
+    return True
+
+
+def segment_dir(vdir: Path, name: object) -> Path:
+    """The directory of segment ``name`` in version ``vdir``, after checking the name is one of ours.
+
+    Raises:
+        IndexFormatError: ``name`` is not ``seg-NNNNNN`` (an absolute path, ``..``, anything else), or
+            the directory is a link that leaves the version.
+    """
+    if not isinstance(name, str) or not _SEGMENT_RE.match(name):
+        raise IndexFormatError(
+            f"{vdir / MANIFEST}: segment name {name!r:.80} is not of the form 'seg-NNNNNN' (refused: "
+            "names in a manifest may not point elsewhere)"
+        )
+    path = vdir / name
+    if path.is_symlink() or not _inside(path, vdir):
+        raise IndexFormatError(f"index segment {path} is a link that leaves {vdir} (refused)")
+    return path
+
+
+def segment_file(directory: Path, name: object) -> Path:
+    """A file of a segment, after checking its name is one of the six and it stays in the folder."""
+    if not isinstance(name, str) or name not in SEGMENT_FILES:
+        raise IndexFormatError(
+            f"index segment {directory}: file name {name!r:.80} is not one of "
+            f"{sorted(SEGMENT_FILES)} (refused)"
+        )
+    path = directory / name
+    if path.is_symlink() or not _inside(path, directory):
+        raise IndexFormatError(f"index file {path} is a link that leaves {directory} (refused)")
+    return path
+
+
+def read_json(path: Path, max_bytes: int) -> Any:
+    """Parse a JSON file of at most ``max_bytes``; every failure is an ``IndexFormatError`` naming it."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise IndexFormatError(f"{path}: {size} bytes, more than the {max_bytes} an index file may hold")
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise IndexFormatError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise IndexFormatError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise IndexFormatError(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
+def parse_metadata_line(line: bytes, path: Path, row: int) -> dict[str, Any]:
+    """One ``metadata.jsonl`` line as a dict; a broken line is an ``IndexFormatError`` naming the line."""
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise IndexFormatError(f"{path}, line {row + 1}: not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(f"{path}, line {row + 1}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise IndexFormatError(f"{path}, line {row + 1}: JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise IndexFormatError(f"{path}, line {row + 1}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest (catches edits and flipped bytes)."""
+    body = {k: v for k, v in manifest.items() if k != SELF_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def read_current(root: Path) -> str | None:
     """The version ``CURRENT`` names, or None when the directory holds no committed index."""
+    path = root / CURRENT
     try:
-        name = (root / CURRENT).read_text().strip()
+        if path.stat().st_size > _MAX_CURRENT_BYTES:
+            raise IndexFormatError(f"{path} is {path.stat().st_size} bytes; it should hold one version name")
+        name = path.read_bytes().decode("ascii").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise IndexFormatError(f"{path} holds non-ASCII bytes, not a version name like 'v000001'") from None
+    except OSError as exc:
+        raise IndexFormatError(f"{path} cannot be read ({exc.strerror or exc})") from None
     if version_number(name) is None:
-        raise IndexFormatError(f"{root / CURRENT} holds {name!r}, not a version name like 'v000001'")
+        raise IndexFormatError(f"{path} holds {name!r:.80}, not a version name like 'v000001'")
     return name
 
 
 def _read_manifest(vdir: Path) -> dict[str, Any]:
     path = vdir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise IndexFormatError(f"{path} is not valid JSON ({exc})") from None
+    if vdir.is_symlink() or not _inside(vdir, vdir.parent):
+        raise IndexFormatError(f"index version {vdir} is a link that leaves {vdir.parent} (refused)")
+    manifest = read_json(path, _MAX_MANIFEST_BYTES)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexFormatError(f"{path} is not a prvr index manifest (format {FORMAT!r} expected)")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise IndexFormatError(
-            f"{path} has format version {version!r}; this prvr-sdk reads up to "
-            f"{FORMAT_VERSION} (upgrade prvr-sdk)"
+            f"{path} has format version {version!r:.40}; this prvr-sdk reads versions 1 to "
+            f"{FORMAT_VERSION} (upgrade prvr-sdk for newer ones)"
         )
+    if SELF_DIGEST in manifest and manifest[SELF_DIGEST] != manifest_digest(manifest):
+        raise IndexFormatError(f"{path} was modified after it was written (its digest does not match)")
     return manifest
 
 
@@ -160,6 +249,40 @@ def open_current(root: Path, attempts: int = 5) -> tuple[str, dict[str, Any]]:
     raise IndexFormatError(f"{root} kept changing while being opened ({attempts} attempts)")
 
 
+def npy_shape(path: Path, name: str) -> tuple[int, ...]:
+    """Shape declared by an array file's header, after checking dtype, order and the file's exact size.
+
+    Reads only the header, so a file that declares 10**12 elements is refused before anything is
+    allocated; a file whose header and size agree can then be loaded in memory bounded by its size.
+    """
+    dtype_str, ndim = NPY_LAYOUT[name]
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            if major == 1:
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif major in (2, 3):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unknown .npy format version {major}")
+            data_start = f.tell()
+    except (ValueError, OSError, SyntaxError, TypeError) as exc:
+        raise IndexFormatError(f"index file {path} is not a valid .npy file ({exc})") from None
+    if dtype.str != dtype_str or fortran or len(shape) != ndim:
+        raise IndexFormatError(
+            f"index file {path}: header says {dtype.str}{' Fortran-order' if fortran else ''} with "
+            f"{len(shape)} dimensions, expected {dtype_str} with {ndim}"
+        )
+    expected = data_start + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if expected != size:
+        raise IndexFormatError(
+            f"index file {path}: header declares shape {shape} ({expected} bytes with the header), but "
+            f"the file has {size} bytes (truncated or forged)"
+        )
+    return tuple(int(n) for n in shape)
+
+
 class SegmentFiles:
     """Reads and writes the files of one segment directory (see the module docstring)."""
 
@@ -176,29 +299,27 @@ class SegmentFiles:
         vector_chunks: Iterable[np.ndarray] | None,
         fsync: bool,
     ) -> dict[str, dict[str, Any]]:
-        """Write a segment; returns its manifest ``files`` entry (bytes and sha256 of every file)."""
-        directory.mkdir()
+        """Write a segment into a new directory; returns its manifest ``files`` entry (bytes, sha256)."""
+        directory.mkdir()  # never an existing one: every file below is new
         num_videos = len(ids)
         written = []
         if offsets is not None:
             assert clip_chunks is not None and spans is not None
             num_clips = int(offsets[-1])
             _write_rows(directory / CLIPS, clip_chunks, (num_clips, dim))
-            np.save(directory / OFFSETS, np.ascontiguousarray(offsets, dtype=np.int64))
-            np.save(directory / SPANS, np.ascontiguousarray(spans, dtype=np.float64))
+            _save_new(directory / OFFSETS, np.ascontiguousarray(offsets, dtype=np.int64))
+            _save_new(directory / SPANS, np.ascontiguousarray(spans, dtype=np.float64))
             written += [CLIPS, OFFSETS, SPANS]
-            crash_point("segment-file")
         if vector_chunks is not None:
             _write_rows(directory / VECTORS, vector_chunks, (num_videos, dim))
             written.append(VECTORS)
-            crash_point("segment-file")
-        (directory / IDS).write_text(json.dumps(ids, ensure_ascii=False))
-        with open(directory / METADATA, "wb") as f:
+        with open(directory / IDS, "x", encoding="utf-8") as f:
+            f.write(json.dumps(ids, ensure_ascii=False))
+        with open(directory / METADATA, "xb") as f:
             for line in metadata_lines:
                 f.write(line)
                 f.write(b"\n")
         written += [IDS, METADATA]
-        crash_point("segment-file")
         files = {}
         for name in written:
             path = directory / name
@@ -209,12 +330,17 @@ class SegmentFiles:
 
     @staticmethod
     def link(src: Path, dst: Path, files: dict[str, dict[str, Any]]) -> None:
-        """Hard-link (or, across filesystems, copy) an unchanged segment's files into ``dst``."""
+        """Hard-link (or, where links are impossible, copy) an unchanged segment's files into new ``dst``."""
         dst.mkdir()
         for name in files:
+            source, target = segment_file(src, name), dst / name
             try:
-                os.link(src / name, dst / name)
-            except OSError:
+                os.link(source, target, follow_symlinks=False)
+            except FileExistsError:
+                raise IndexFormatError(f"{target} already exists; a save never overwrites a file") from None
+            except FileNotFoundError:
+                raise
+            except OSError:  # another filesystem, or links not supported: copy into a new file
                 key = str(dst.parent.parent)
                 if key not in _COPY_WARNED:
                     _COPY_WARNED.add(key)
@@ -223,42 +349,57 @@ class SegmentFiles:
                         "index's bytes on this filesystem)",
                         key,
                     )
-                shutil.copyfile(src / name, dst / name)
+                with open(source, "rb") as fin, open(target, "xb") as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
 
     @staticmethod
     def check(directory: Path, files: dict[str, Any], verify: bool) -> None:
-        """Every listed file exists with its recorded size (and sha256 when ``verify``).
+        """Every listed file is one of ours, present, of its recorded size, with a consistent ``.npy``
+        header (cheap: reads a few hundred bytes per file); with ``verify`` also its sha256.
 
         Raises:
-            IndexFormatError: a file is missing, truncated or (``verify``) corrupted.
+            IndexFormatError: a bad name, a file missing, truncated, forged or (``verify``) corrupted.
         """
         for name, entry in files.items():
-            path = directory / name
+            path = segment_file(directory, name)
+            if not isinstance(entry, dict) or isinstance(entry.get("bytes"), bool) or not isinstance(
+                entry.get("bytes"), int
+            ):
+                raise IndexFormatError(f"index manifest entry of {path} has no integer 'bytes'")
             try:
                 size = path.stat().st_size
             except FileNotFoundError:
                 raise IndexFormatError(f"index file {path} is missing (listed in the manifest)") from None
-            if size != entry.get("bytes"):
+            if size != entry["bytes"]:
                 raise IndexFormatError(
-                    f"index file {path}: {size} bytes, manifest says {entry.get('bytes')} "
-                    "(truncated or replaced)"
+                    f"index file {path}: {size} bytes, manifest says {entry['bytes']} (truncated or replaced)"
                 )
+            if name in NPY_LAYOUT:
+                npy_shape(path, name)
             if verify and file_digest(path) != entry.get("sha256"):
                 raise IndexFormatError(f"index file {path}: sha256 differs from the manifest (corrupted)")
 
     @staticmethod
     def load_array(path: Path, mmap: bool) -> np.ndarray:
+        """An array file whose header ``check`` accepted (so its size bounds what is allocated)."""
+        npy_shape(path, path.name)
         try:
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except ValueError as exc:
+        except (ValueError, OSError) as exc:
             raise IndexFormatError(f"index file {path} is not a valid .npy file ({exc})") from None
 
 
+def _save_new(path: Path, array: np.ndarray) -> None:
+    with open(path, "xb") as f:
+        np.save(f, array)
+
+
 def _write_rows(path: Path, chunks: Iterable[np.ndarray], shape: tuple[int, int]) -> None:
-    """Stream row chunks into a float16 .npy file without holding the whole matrix in memory."""
+    """Stream row chunks into a new float16 .npy file without holding the whole matrix in memory."""
     if shape[0] == 0:
-        np.save(path, np.zeros(shape, dtype=np.float16))
+        _save_new(path, np.zeros(shape, dtype=np.float16))
         return
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))  # refuse an existing file
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     row = 0
     for chunk in chunks:
@@ -281,18 +422,26 @@ def temp_dir(root: Path, name: str) -> Path:
     return root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
 
 
+def _remove(path: Path) -> None:
+    """Delete a file, a link (never what it points to) or a directory tree."""
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_leftovers(root: Path) -> None:
     """Delete temp dirs of killed saves. Only call while holding the writer lock."""
     for path in root.glob(f"{_TMP_PREFIX}*"):
-        shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(FileNotFoundError):
-        (root / f"{CURRENT}.tmp").unlink()
+        _remove(path)
+    _remove(root / f"{CURRENT}.tmp")
 
 
 def is_index_dir_or_empty(root: Path) -> bool:
     """Whether ``root`` may receive a save: absent, empty, or holding only index files."""
     if not root.exists():
-        return True
+        return not root.is_symlink()
     if not root.is_dir():
         return False
     for p in root.iterdir():
@@ -307,35 +456,35 @@ def is_index_dir_or_empty(root: Path) -> bool:
 
 def commit(root: Path, tmp: Path, name: str, manifest: dict[str, Any], fsync: bool) -> None:
     """Seal ``tmp`` as version ``name`` and point ``CURRENT`` at it; then delete the other versions."""
+    sealed = {**manifest, SELF_DIGEST: manifest_digest(manifest)}
     path = tmp / MANIFEST
-    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    with open(path, "x", encoding="utf-8") as f:
+        f.write(json.dumps(sealed, indent=1, sort_keys=True) + "\n")
     if fsync:
         _fsync_path(path)
         for seg in tmp.iterdir():
             if seg.is_dir():
                 _fsync_path(seg)
         _fsync_path(tmp)
-    crash_point("manifest")
     final = root / name
+    if final.exists() or final.is_symlink():  # rename() would replace an empty directory silently
+        raise IndexFormatError(f"cannot commit {final}: it already exists (a save never overwrites)")
     os.rename(tmp, final)
     if fsync:
         _fsync_path(root)
-    crash_point("renamed")
     pointer = root / f"{CURRENT}.tmp"
-    with open(pointer, "w") as f:
+    fd = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "w") as f:
         f.write(name + "\n")
         f.flush()
         if fsync:
             os.fsync(f.fileno())
-    crash_point("pointer")
     os.replace(pointer, root / CURRENT)
     if fsync:
         _fsync_path(root)
-    crash_point("committed")
     for p in root.iterdir():
-        if p.name != name and version_number(p.name) is not None and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-    crash_point("gc")
+        if p.name != name and version_number(p.name) is not None:
+            _remove(p)
 
 
 def iter_chunks(array: np.ndarray, rows: np.ndarray | None, chunk: int) -> Iterator[np.ndarray]:

@@ -1,8 +1,11 @@
 """A writer SIGKILLed at any point of a save leaves a loadable, complete index; one writer at a time.
 
-The writer runs in a subprocess. ``PRVR_INDEX_CRASH_AT=<stage>`` makes it SIGKILL itself at a named point
-of the save (deterministic, every stage covered); one test instead kills it from outside while it pauses
-between files (``PRVR_INDEX_SAVE_PAUSE``), as an operator or the OOM killer would. Hooks: store.py.
+The writer runs in a subprocess. Fault injection lives here, not in the index code: before saving, the
+writer wraps the real file-system steps of ``prvr_sdk.index.store`` (writing a segment's array file,
+writing a segment, linking an unchanged one, renaming the version into place, replacing ``CURRENT``, the
+whole commit) so that it SIGKILLs itself just before or after the chosen one (deterministic, every stage
+covered); one test instead kills it from outside while it pauses between files, as an operator or the
+OOM killer would.
 """
 
 from __future__ import annotations
@@ -21,13 +24,54 @@ from prvr_sdk.index import ExactIndex, IndexLockedError
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
-# The writer: loads the index, removes two videos, adds a larger segment, saves.
+# The writer: loads the index, removes two videos, adds a larger segment, saves -- with a fault injected.
 WRITER = textwrap.dedent(
     """
-    import sys, numpy as np
+    import os, signal, sys, time
+    import numpy as np
     from prvr_sdk.features import l2_normalize
-    from prvr_sdk.index import ExactIndex
-    root, mode = sys.argv[1], sys.argv[2]
+    from prvr_sdk.index import ExactIndex, store
+
+    root, mode, stage = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def wrap(owner, attr, before=None, after=None, static=False):
+        real = getattr(owner, attr)
+        def wrapper(*args, **kwargs):
+            if before and before(*args):
+                die()
+            result = real(*args, **kwargs)
+            if after and after(*args):
+                die()
+            return result
+        setattr(owner, attr, staticmethod(wrapper) if static else wrapper)
+
+    always = lambda *a: True
+    is_version_rename = lambda src, dst: os.path.basename(str(src)).startswith(".tmp-")
+    is_pointer_swap = lambda src, dst: os.path.basename(str(dst)) == store.CURRENT
+    if stage == "segment-file":   # the first array file of the new segment is written
+        wrap(store, "_write_rows", after=always)
+    elif stage == "segment":      # a whole new segment is written
+        wrap(store.SegmentFiles, "write", after=always, static=True)
+    elif stage == "linked":       # an unchanged segment is linked into the new version
+        wrap(store.SegmentFiles, "link", after=always, static=True)
+    elif stage == "manifest":     # manifest written, version not yet renamed into place
+        wrap(store.os, "rename", before=is_version_rename)
+    elif stage == "renamed":      # version renamed, CURRENT not yet swapped
+        wrap(store.os, "rename", after=is_version_rename)
+    elif stage == "pointer":      # CURRENT.tmp written, not yet replaced
+        wrap(store.os, "replace", before=is_pointer_swap)
+    elif stage == "committed":    # CURRENT replaced, old versions not yet deleted
+        wrap(store.os, "replace", after=is_pointer_swap)
+    elif stage == "gc":           # the whole commit, old versions deleted, lock still held
+        wrap(store, "commit", after=always)
+    elif stage == "pause":        # slow file writes, so that a test can kill the writer from outside
+        for owner, attr, static in [(store, "_write_rows", False), (store, "_fsync_path", False),
+                                    (store.SegmentFiles, "write", True)]:
+            wrap(owner, attr, after=lambda *a: time.sleep(0.3), static=static)
+
     index = ExactIndex.load(root)
     index.remove(["vid0000", "vid0001"])
     rng = np.random.default_rng(0)
@@ -58,12 +102,12 @@ def saved(ix, tmp_path):
     return tmp_path / "idx", corpus, before
 
 
-def start_writer(tmp_path, root, mode="save", **env):
+def start_writer(tmp_path, root, mode="save", stage="none"):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
     return subprocess.Popen(
-        [sys.executable, str(script), str(root), mode],
-        env={**os.environ, **env},
+        [sys.executable, str(script), str(root), mode, stage],
+        env=dict(os.environ),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -89,7 +133,7 @@ def assert_new_index(root, corpus):
 @pytest.mark.parametrize("stage", STAGES_BEFORE_COMMIT + STAGES_AFTER_COMMIT)
 def test_kill_at_every_stage_of_save(saved, tmp_path, stage):
     root, corpus, before = saved
-    proc = start_writer(tmp_path, root, PRVR_INDEX_CRASH_AT=stage)
+    proc = start_writer(tmp_path, root, stage=stage)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, out, err)
     assert (root / "LOCK").exists()  # the killed writer could not clean up
@@ -109,7 +153,7 @@ def test_kill_at_every_stage_of_save(saved, tmp_path, stage):
 
 def test_kill_from_outside_mid_save(saved, tmp_path):
     root, corpus, before = saved
-    proc = start_writer(tmp_path, root, PRVR_INDEX_SAVE_PAUSE="0.3")
+    proc = start_writer(tmp_path, root, stage="pause")
     deadline = time.monotonic() + 60
     while not any(p.name.startswith(".tmp-") for p in root.iterdir()):  # the save has started
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
