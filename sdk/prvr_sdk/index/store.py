@@ -267,7 +267,7 @@ def npy_shape(path: Path, name: str) -> tuple[int, ...]:
             else:
                 raise ValueError(f"unknown .npy format version {major}")
             data_start = f.tell()
-    except (ValueError, OSError, SyntaxError, TypeError) as exc:
+    except Exception as exc:  # numpy's header parser raises many kinds (ValueError, TokenError ...)
         raise IndexFormatError(f"index file {path} is not a valid .npy file ({exc})") from None
     if dtype.str != dtype_str or fortran or len(shape) != ndim:
         raise IndexFormatError(
