@@ -328,7 +328,7 @@ class ExactIndex:
             if existing:
                 raise InvalidInputError(
                     f"video_ids: already in the index: {existing[:5]} "
-                    f"({len(existing)} in all); remove them first or use upsert()"
+                    f"({len(existing)} in all); remove them first or use upsert() (`prvr index add --upsert`)"
                 )
         return ids
 
@@ -708,7 +708,7 @@ class ExactIndex:
                         f"loaded at version {expected}; another writer committed in between (load it "
                         "again and re-apply the changes)"
                         if bound_here
-                        else "not loaded from there; pass overwrite=True to replace it"
+                        else "not loaded from there; pass overwrite=True (`--overwrite`) to replace it"
                     )
                 )
             store.remove_leftovers(root)

@@ -235,7 +235,8 @@ def open_current(root: Path, attempts: int = 5) -> tuple[str, dict[str, Any]]:
         name = read_current(root)
         if name is None:
             raise IndexFormatError(
-                f"{root} holds no index ({CURRENT} is missing); build one with ExactIndex(...).save(path)"
+                f"{root} holds no index ({CURRENT} is missing); build one with `prvr index build` or "
+                "ExactIndex.save"
             )
         try:
             return name, _read_manifest(root / name)
