@@ -24,26 +24,64 @@ def fail(exc: PrvrError) -> NoReturn:
     raise typer.Exit(code=exit_code_for(exc))
 
 
-def read_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
-    """``video_id -> metadata`` from a JSON object ``{id: {...}}`` or JSON lines each with ``"video_id"``."""
+def read_text_file(path: Path, flag: str, max_bytes: int | None = None) -> str:
+    """A user's UTF-8 text file, size-checked first (``prvr_sdk.limits``); a bad byte is reported with its
+    line number and the CLI flag that named the file."""
+    from prvr_sdk.limits import check_text_file
+
+    if not path.is_file():
+        raise InvalidInputError(f"{flag} {path}: file not found")
+    try:
+        check_text_file(path, f"the {flag} file", max_bytes)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{flag} {path}: cannot read ({exc.strerror or exc})") from None
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{flag} {exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInputError(
+            f"{flag} {path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); save the file as UTF-8"
+        ) from None
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{where}: JSON nested too deeply to parse") from None
+
+
+def read_metadata(path: Path | None, max_bytes: int | None = None) -> dict[str, dict[str, Any]]:
+    """``video_id -> metadata`` from a JSON object ``{id: {...}}`` or JSON lines each with ``"video_id"``.
+
+    Raises:
+        InvalidInputError: missing, too large, not UTF-8 or not JSON (messages give the line), or not of
+            either shape.
+    """
     if path is None:
         return {}
-    if not path.is_file():
-        raise InvalidInputError(f"--metadata {path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            value = json.loads(text)
-            if isinstance(value, dict):
-                bad = [k for k, v in value.items() if not isinstance(v, dict)]
-                if bad:
-                    raise InvalidInputError(f"--metadata {path}: the value of {bad[0]!r} is not an object")
-                return value
-            rows = value
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"--metadata {path}: not valid JSON ({exc})") from None
+    text = read_text_file(path, "--metadata", max_bytes)
+    if path.suffix == ".jsonl":
+        rows = [
+            _loads(line, f"--metadata {path}:{lineno}")
+            for lineno, line in enumerate(text.splitlines(), 1)
+            if line.strip()
+        ]
+    else:
+        value = _loads(text, f"--metadata {path}")
+        if isinstance(value, dict):
+            bad = [k for k, v in value.items() if not isinstance(v, dict)]
+            if bad:
+                raise InvalidInputError(f"--metadata {path}: the value of {bad[0]!r} is not an object")
+            return value
+        if not isinstance(value, list):
+            raise InvalidInputError(f"--metadata {path}: expected a JSON object or a list of objects")
+        rows = value
     out = {}
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("video_id"), str):
@@ -80,15 +118,46 @@ def recorded_bundle(index: Path) -> Path:
     return Path(recorded)
 
 
-def write_lines_atomic(path: Path, lines: Iterable[str]) -> None:
-    """Write text lines to a temp file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def check_out(path: Path | str, flag: str = "--out", dir_ok: bool = False) -> None:
+    """Fail fast, before hours of work, when ``path`` cannot be written: a folder where a file belongs
+    (unless ``dir_ok``), a parent that is a file, or a nearest existing folder that is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        if not dir_ok:
+            raise InvalidInputError(f"{flag} {path}: is a directory; expected a file path")
+        path = path / "x"  # the file will go inside
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidInputError(f"{flag} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
+def out_error(path: Path | str, exc: OSError, flag: str = "--out") -> InvalidInputError:
+    """An ``OSError`` from writing ``flag``'s path as the CLI's bad-input error (exit 2)."""
+    return InvalidInputError(f"{flag} {path}: cannot write ({exc.strerror or exc})")
+
+
+def write_lines_atomic(path: Path, lines: Iterable[str], flag: str = "--out") -> None:
+    """Write text lines to a temp file next to ``path``, then rename it into place.
+
+    Raises:
+        InvalidInputError: the file cannot be written (the message names ``flag``).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise out_error(path, exc, flag) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(line + "\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise out_error(path, exc, flag) from None
         raise

@@ -13,8 +13,9 @@ from typing import Annotated
 
 import typer
 
-from prvr_cli.common import err, fail, open_retriever
+from prvr_cli.common import check_out, err, fail, open_retriever, out_error
 from prvr_sdk.errors import PrvrError
+from prvr_sdk.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Export bundle directory (prvr export).")]
 FeaturesOpt = Annotated[
@@ -30,14 +31,39 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Videos per e
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto, onnxruntime or tensorrt.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")]
+MaxFramesOpt = Annotated[
+    int,
+    typer.Option("--max-frames", min=1, help="Refuse a video declaring more frame features than this "
+                 "(checked before reading it)."),
+]
+MaxBytesOpt = Annotated[
+    int,
+    typer.Option("--max-bytes", min=1, help="Refuse a read declaring more bytes than this (one video's "
+                 "shape x itemsize; text files get 1/8 of it), checked before reading: hostile files "
+                 "cannot exhaust memory."),
+]
 
 
-def encode_source(retriever, features: Path, fps: float | None, batch_size: int):
-    """Encode every video of a feature source with a progress bar on stderr."""
-    from prvr_sdk.sources import open_features
+def encode_source(
+    retriever,
+    features,
+    fps: float | None,
+    batch_size: int,
+    max_frames: int | None = None,
+    max_bytes: int | None = None,
+):
+    """Encode every video of a feature source with a progress bar on stderr.
 
-    with open_features(features) as source:
-        err.print(f"encoding {len(source)} videos from {features} ({source.kind})", highlight=False)
+    ``features`` is a path (opened here with the limits) or a ``FeatureSource`` already opened.
+    """
+    from prvr_sdk.sources import FeatureSource, open_features
+
+    if isinstance(features, FeatureSource):
+        source = features
+    else:
+        source = open_features(features, max_frames=max_frames, max_bytes=max_bytes)
+    with source:
+        err.print(f"encoding {len(source)} videos from {source.path} ({source.kind})", highlight=False)
         return retriever.encode_video(source, fps=fps, batch_size=batch_size)
 
 
@@ -52,19 +78,26 @@ def encode(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """Encode videos from their frame features into clip embeddings with time spans (.npz).
 
     Progress goes to stderr (on a terminal), then a summary line, or the summary as JSON on stdout.
 
-    Exit codes: 0 done; 2 bad input (unknown feature format, NaN frames, wrong feature width); 3 backend
-    not installed (e.g. h5py for .h5); 5 bundle missing or corrupt (checksum).
+    Exit codes: 0 done; 2 bad input (unknown feature format, NaN frames, wrong feature width, a file over
+    --max-frames / --max-bytes, an unwritable --out); 3 backend not installed (e.g. h5py for .h5); 5 bundle
+    missing or corrupt (checksum).
     """
     started = time.perf_counter()
     try:
+        check_out(out, dir_ok=True)  # before hours of encoding
         retriever = open_retriever(bundle, backend, device)
-        embeddings = encode_source(retriever, features, fps, batch_size)
-        path = embeddings.save(out)
+        embeddings = encode_source(retriever, features, fps, batch_size, max_frames, max_bytes)
+        try:
+            path = embeddings.save(out)
+        except OSError as exc:
+            raise out_error(out, exc) from None
     except PrvrError as exc:
         fail(exc)
     summary = {

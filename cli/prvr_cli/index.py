@@ -1,7 +1,8 @@
-"""`prvr index build | add | info`: the exact on-disk index of a bundle's video embeddings.
+"""`prvr index build | add | info | verify`: the exact on-disk index of a bundle's video embeddings.
 
 `build` encodes a feature source (or loads `prvr encode` output) and writes a new index; `add` appends
-videos to an existing one as a new segment (`--upsert` replaces ids already there); `info` describes one.
+videos to an existing one as a new segment (`--upsert` replaces ids already there); `info` describes one;
+`verify` checks every byte of one against its recorded checksums.
 Writes are atomic (a new version directory, then a pointer swap) and one writer at a time holds the lock.
 """
 
@@ -16,8 +17,18 @@ from rich.console import Console
 from rich.table import Table
 
 from prvr_cli.common import err, fail, open_retriever, read_metadata, recorded_bundle
-from prvr_cli.encode import BackendOpt, BatchOpt, DeviceOpt, FpsOpt, JsonOpt, encode_source
-from prvr_sdk.errors import InvalidInputError, PrvrError
+from prvr_cli.encode import (
+    BackendOpt,
+    BatchOpt,
+    DeviceOpt,
+    FpsOpt,
+    JsonOpt,
+    MaxBytesOpt,
+    MaxFramesOpt,
+    encode_source,
+)
+from prvr_sdk.errors import IndexMismatchError, InvalidInputError, PrvrError
+from prvr_sdk.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
 
 app = typer.Typer(help="Build, extend and inspect indexes of video embeddings.", no_args_is_help=True)
 
@@ -41,11 +52,24 @@ def _embeddings(retriever, features: Path | None, embeddings: Path | None, fps, 
     if (features is None) == (embeddings is None):
         raise InvalidInputError("give exactly one of --features and --embeddings")
     if embeddings is not None:
-        return VideoEmbeddings.load(embeddings)
+        emb = VideoEmbeddings.load(embeddings)
+        if not emb.bundle_sha256:  # provenance unknown: they could come from any model
+            raise IndexMismatchError(
+                f"--embeddings {embeddings} records no bundle hash, so nothing says which model made them; "
+                f"encode the videos with `prvr encode --bundle {retriever.bundle.path}`"
+            )
+        return emb
     return encode_source(retriever, features, fps, batch_size)
 
 
 def _add(retriever, emb, meta: dict, metadata: Path | None, upsert: bool) -> None:
+    if not upsert and retriever.index is not None:
+        existing = [v for v in emb.ids if v in retriever.index]
+        if existing:
+            raise InvalidInputError(
+                f"{len(existing)} videos are already in the index (first: {existing[:3]}); pass --upsert "
+                "to replace them"
+            )
     missing = [v for v in emb.ids if v not in meta]
     if metadata is not None and missing:
         err.print(f"warning: {len(missing)} videos have no entry in {metadata} (first: {missing[0]})",
@@ -85,6 +109,8 @@ def build(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
+    max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
 ) -> None:
     """Create an index from frame features (or `prvr encode` output) with the bundle's video encoder.
 
@@ -97,7 +123,11 @@ def build(
     try:
         if out.exists() and not overwrite:
             raise InvalidInputError(f"--out {out} exists; pass --overwrite to replace it")
-        meta = read_metadata(metadata)  # before encoding: a bad file fails fast
+        meta = read_metadata(metadata, max_bytes)  # before encoding: a bad file fails fast
+        if features is not None:  # opened here so that --max-frames / --max-bytes apply
+            from prvr_sdk.sources import open_features
+
+            features = open_features(features, max_frames=max_frames, max_bytes=max_bytes)
         retriever = open_retriever(bundle, backend, device)
         info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, False,
                              path=out, overwrite=overwrite)
@@ -132,10 +162,39 @@ def add(
         meta = read_metadata(metadata)
         retriever = open_retriever(bundle or recorded_bundle(index), backend, device)
         retriever.load_index(index)
-        info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, upsert)
+        try:
+            retriever.index.lock()  # before encoding: a busy index fails now, not after all the work
+            info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, upsert)
+        finally:
+            retriever.index.close()
     except PrvrError as exc:
         fail(exc)
     _report(info, as_json, "updated")
+
+
+@app.command("verify")
+def verify(
+    index: Annotated[Path, typer.Option("--index", help="Index directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Check every byte of an index: each file's sha256 against its manifest, every id and metadata line.
+
+    `prvr index info`, `search` and loading check only sizes and headers (cheap); run this after copying
+    an index, on a schedule, or when results look wrong.
+
+    Exit codes: 0 intact; 5 not an index, or a file missing, truncated or corrupted (the message names it).
+    """
+    from prvr_sdk.index import ExactIndex
+
+    try:
+        report = ExactIndex.verify(index)
+    except PrvrError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps(report))
+    else:
+        typer.echo(f"ok: {index} version {report['version']}: {report['segments']} segments, "
+                   f"{report['videos']} videos, {report['files']} files, {report['bytes']} bytes verified")
 
 
 @app.command("info")

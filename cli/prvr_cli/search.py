@@ -16,7 +16,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prvr_cli.common import err, fail, open_retriever, recorded_bundle, write_lines_atomic
+from prvr_cli.common import (
+    check_out,
+    err,
+    fail,
+    open_retriever,
+    read_text_file,
+    recorded_bundle,
+    write_lines_atomic,
+)
 from prvr_cli.encode import BackendOpt, DeviceOpt
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
@@ -30,22 +38,28 @@ def _moment(start: float | None, end: float | None) -> str:
 
 
 def _read_queries(path: Path) -> list[str]:
-    if not path.is_file():
-        raise InvalidInputError(f"--queries {path}: file not found")
-    queries = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    queries = [line.strip() for line in read_text_file(path, "--queries").splitlines() if line.strip()]
     if not queries:
         raise InvalidInputError(f"--queries {path}: no queries (one per line)")
     return queries
 
 
 def _read_features(path: Path) -> tuple[list[str], list[np.ndarray]]:
+    """Query features, each array's header checked against the default size limits before it is read."""
+    from prvr_sdk.limits import check_array, load_npy, npz_headers, read_npz_member
+
     if not path.is_file():
         raise InvalidInputError(f"--query-features {path}: file not found")
     try:
         if path.suffix == ".npz":
+            headers = npz_headers(path)
+            for key, (shape, dtype) in headers.items():
+                check_array(shape, dtype, f"{path}:{key}")
             with np.load(path, allow_pickle=False) as z:
-                return list(z.files), [z[k] for k in z.files]
-        return [path.stem], [np.load(path, allow_pickle=False)]
+                return list(z.files), [read_npz_member(z, path, k) for k in z.files]
+        return [path.stem], [load_npy(path)]
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"--query-features {exc}") from None
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"--query-features {path}: not a readable .npy/.npz file ({exc})") from None
 
@@ -105,6 +119,8 @@ def search(
             raise InvalidInputError("give exactly one of QUERY, --queries FILE and --query-features FILE")
         if out is not None and queries is None and query_features is None:
             raise InvalidInputError("--out is for batch mode (--queries or --query-features)")
+        if out is not None:
+            check_out(out)  # before loading anything
         where = _parse_filter(filter)
         retriever = open_retriever(bundle or recorded_bundle(index), backend, device)
         retriever.load_index(index)
@@ -130,7 +146,10 @@ def search(
     if query is None or as_json:
         lines = [json.dumps(row) for row in rows]
         if out is not None:
-            write_lines_atomic(out, lines)
+            try:
+                write_lines_atomic(out, lines)
+            except PrvrError as exc:
+                fail(exc)
             err.print(f"{len(texts)} queries, {len(rows)} hits -> {out}", highlight=False, markup=False)
         else:
             for line in lines:

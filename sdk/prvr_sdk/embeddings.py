@@ -8,6 +8,7 @@ videos sit in one contiguous matrix with per-video offsets -- the layout of the 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.limits import check_array, check_limits, npz_headers, read_npz_member
 
 __all__ = ["VideoEmbeddings"]
 
@@ -209,34 +211,92 @@ class VideoEmbeddings:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> VideoEmbeddings:
+    def load(cls, path: str | os.PathLike, *, max_bytes: int | None = None) -> VideoEmbeddings:
         """Read what ``save`` wrote.
 
+        Every member's ``.npy`` header is checked before anything is inflated: known members must have
+        their dtype kind and rank, and all members together may declare at most ``max_bytes`` (``None`` =
+        ``limits.DEFAULT_MAX_BYTES``, 2 GiB; CLI ``--max-bytes``), so a zip bomb is refused unread.
+
         Raises:
-            InvalidInputError: missing file, not a VideoEmbeddings file, or a newer format.
+            InvalidInputError: missing file, not a VideoEmbeddings file (a required member missing, a
+                member of the wrong dtype or shape, offsets out of order), over ``max_bytes``, or a newer
+                format.
         """
         path = Path(path)
         if path.is_dir():
             path = path / DEFAULT_NAME
         if not path.is_file():
             raise InvalidInputError(f"{path}: embeddings file not found (write one with `prvr encode`)")
+        _, limit = check_limits(None, max_bytes)
+        headers = npz_headers(path)
+        _check_members(path, headers, limit)
         try:
             with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
+                data = {k: read_npz_member(z, path, k) for k in _MEMBERS if k in z.files}
         except (OSError, ValueError) as exc:
+            if isinstance(exc, InvalidInputError):
+                raise
             raise InvalidInputError(f"{path}: not a readable .npz file ({exc})") from None
-        if "format" not in data or "offsets" not in data:
-            raise InvalidInputError(f"{path}: not a VideoEmbeddings file (written by `prvr encode`)")
         if int(data["format"]) > _FORMAT:
             raise InvalidInputError(f"{path}: format {int(data['format'])} is newer than this prvr-sdk reads")
-        return cls(
-            ids=[str(i) for i in data["ids"]],
-            clip_emb=data.get("clip_emb"),
-            offsets=data["offsets"].astype(np.int64),
-            spans=data.get("spans"),
-            video_emb=data.get("video_emb"),
-            durations=data["durations"],
-            num_frames=data["num_frames"],
-            model=str(data["model"]) or None,
-            bundle_sha256=str(data["bundle_sha256"]) or None,
+        offsets = data["offsets"].astype(np.int64)
+        if offsets.size == 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+            raise InvalidInputError(f"{path}: offsets must start at 0 and never decrease")
+        try:
+            return cls(
+                ids=[str(i) for i in data["ids"]],
+                clip_emb=data.get("clip_emb"),
+                offsets=offsets,
+                spans=data.get("spans"),
+                video_emb=data.get("video_emb"),
+                durations=data["durations"],
+                num_frames=data["num_frames"],
+                model=str(data["model"]) or None,
+                bundle_sha256=str(data["bundle_sha256"]) or None,
+            )
+        except (ShapeMismatchError, InvalidInputError) as exc:
+            raise InvalidInputError(f"{path}: inconsistent VideoEmbeddings file ({exc})") from None
+
+
+# member -> (dtype kinds allowed, rank, required); kinds: i int, u uint, f float, U str
+_MEMBERS: dict[str, tuple[str, int, bool]] = {
+    "format": ("iu", 0, True),
+    "ids": ("U", 1, True),
+    "offsets": ("iu", 1, True),
+    "durations": ("f", 1, True),
+    "num_frames": ("iu", 1, True),
+    "model": ("U", 0, True),
+    "bundle_sha256": ("U", 0, True),
+    "clip_emb": ("f", 2, False),
+    "spans": ("f", 2, False),
+    "video_emb": ("f", 2, False),
+}
+
+
+def _check_members(path: Path, headers: dict, max_bytes: int) -> None:
+    """Refuse an embeddings file from its member headers alone: required members, dtypes, ranks, size."""
+    if "format" not in headers or "offsets" not in headers:
+        raise InvalidInputError(f"{path}: not a VideoEmbeddings file (written by `prvr encode`)")
+    missing = [k for k, (_, _, required) in _MEMBERS.items() if required and k not in headers]
+    if missing:
+        raise InvalidInputError(f"{path}: VideoEmbeddings file lacks {', '.join(missing)}")
+    total = 0
+    for key, (shape, dtype) in headers.items():
+        # rows here are clips of all videos, not frames of one: only the byte limit applies
+        check_array(shape, dtype, f"{path}:{key}", max_frames=2**62, max_bytes=max_bytes, numeric=False)
+        total += math.prod(shape) * dtype.itemsize
+        if key not in _MEMBERS:
+            continue
+        kinds, rank, _ = _MEMBERS[key]
+        if dtype.kind not in kinds or len(shape) != rank:
+            raise InvalidInputError(
+                f"{path}:{key}: expected a {rank}-d array of kind {kinds!r}, got shape {list(shape)} {dtype}"
+            )
+    if headers.get("spans", ((0, 2),))[0][1:] != (2,):
+        raise InvalidInputError(f"{path}:spans: expected [N, 2], got {list(headers['spans'][0])}")
+    if total > max_bytes:
+        raise InvalidInputError(
+            f"{path}: members declare {total} bytes in all, over the limit of {max_bytes} "
+            "(raise it with --max-bytes, or max_bytes= in the API)"
         )

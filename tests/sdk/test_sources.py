@@ -90,3 +90,60 @@ def test_video2frames_holding_code_is_refused(tmp_path):
     (path / "video2frames.txt").write_text("__import__('os').system('echo pwned')")
     with pytest.raises(InvalidInputError, match="not a plain literal"):
         open_features(path)
+
+
+# --- corrupt files: typed errors naming the file and the video, never a numpy/h5py exception -----------
+
+
+def test_hdf5_group_where_a_dataset_belongs(tmp_path):
+    path = tmp_path / "g.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("vid").create_dataset("inner", data=np.ones((2, 4), np.float32))
+    with open_features(path) as src, pytest.raises(InvalidInputError) as info:
+        src.read("vid")
+    assert str(path) in str(info.value) and "vid" in str(info.value) and "Group" in str(info.value)
+
+
+def test_hdf5_string_dataset_is_refused(tmp_path):
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("vid", data=np.array([b"abc", b"def"]))
+    with open_features(path) as src, pytest.raises(InvalidInputError, match=r"s\.h5:vid.*real-valued"):
+        src.read("vid")
+
+
+def test_object_dtype_npy_is_refused_without_unpickling(tmp_path):
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    np.save(folder / "vid.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
+    with open_features(folder) as src, pytest.raises(InvalidInputError) as info:
+        src.read("vid")
+    assert "vid.npy" in str(info.value) and "objects" in str(info.value)
+
+
+def test_object_dtype_npz_member_is_refused(tmp_path):
+    path = tmp_path / "o.npz"
+    np.savez(path, vid=np.array([[1.0, None]], dtype=object), ok=np.ones((2, 4), np.float32))
+    with pytest.raises(InvalidInputError, match=r"o\.npz:vid.*objects"):
+        open_features(path)  # every member's header is checked on open, nothing unpickled
+
+
+def test_truncated_npy_and_not_a_zip(tmp_path):
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    data = (folder / "x.npy")
+    np.save(data, np.ones((100, 4), np.float32))
+    data.write_bytes(data.read_bytes()[:300])  # header intact, data cut short
+    with open_features(folder) as src, pytest.raises(InvalidInputError, match=r"x\.npy"):
+        src.read("x")
+    fake = tmp_path / "fake.npz"
+    fake.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(InvalidInputError, match=r"fake\.npz: not a readable \.npz"):
+        open_features(fake)
+
+
+def test_non_utf8_video2frames(tmp_path):
+    root = _write("bigfile", tmp_path)
+    (root / "video2frames.txt").write_bytes(b"{'a': ['a_0']}\xff")
+    with pytest.raises(InvalidInputError, match=r"video2frames\.txt: not UTF-8"):
+        open_features(root)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prvr_sdk.errors import InvalidInputError
+from prvr_sdk.limits import check_text_file
 from prvr_sdk.sources import BigFile, BigFileVideos, H5Features, read_video2frames, require_file
 
 __all__ = [
@@ -46,20 +47,30 @@ def video_id_of(cap_id: str) -> str:
     return cap_id.split("#", 1)[0]
 
 
-def read_captions(path: str | os.PathLike) -> list[Caption]:
+def read_captions(path: str | os.PathLike, max_bytes: int | None = None) -> list[Caption]:
     """One ``<cap_id> <text>`` per line, split at the first space; blank lines are skipped.
+
+    Args:
+        path: the caption file (UTF-8).
+        max_bytes: see ``prvr_sdk.limits``; the file may be at most ``max_bytes // TEXT_FACTOR`` bytes.
 
     Returns:
         The captions in file order.
     Raises:
-        InvalidInputError: the file is missing, a line has no text, a cap_id repeats, or the file is empty.
+        InvalidInputError: the file is missing or too large, a line is not UTF-8 or has no text, a cap_id
+            repeats, or the file is empty. Messages give ``<file>:<line>``.
     """
-    path = require_file(Path(path), "caption file")
+    path = check_text_file(require_file(Path(path), "caption file"), "caption file", max_bytes)
     captions: list[Caption] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with open(path, "rb") as f:  # bytes, decoded per line: a bad byte is reported with its line number
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise InvalidInputError(
+                    f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+                ) from None
             if not line:
                 continue
             cap_id, _, text = line.partition(" ")
@@ -78,17 +89,22 @@ def read_captions(path: str | os.PathLike) -> list[Caption]:
 # --- metadata (spans) ---------------------------------------------------------------------------------
 
 
-def read_meta(path: str | os.PathLike) -> dict:
+def read_meta(path: str | os.PathLike, max_bytes: int | None = None) -> dict:
     """The optional metadata JSON: ``{"fps", "videos": {id: {"duration"}}, "captions": {cap_id: {"span"}}}``.
 
     Raises:
-        InvalidInputError: the file is not JSON, or lacks the ``videos`` / ``captions`` objects.
+        InvalidInputError: the file is too large (``max_bytes // TEXT_FACTOR``), not UTF-8, not JSON (or
+            nested too deeply to parse), or lacks the ``videos`` / ``captions`` objects.
     """
-    path = require_file(Path(path), "metadata file")
+    path = check_text_file(require_file(Path(path), "metadata file"), "metadata file", max_bytes)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except ValueError as exc:
         raise InvalidInputError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{path}: JSON nested too deeply to parse") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("captions", {}), dict):
         raise InvalidInputError(f"{path}: expected an object with a 'captions' object")
     return meta

@@ -288,3 +288,50 @@ def test_read_meta(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(InvalidInputError, match="not valid JSON"):
         read_meta(path)
+
+
+# --- hostile or corrupt files: typed errors naming the file (and line), never a traceback -----------------
+
+
+def test_caption_file_with_a_non_utf8_byte_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.caption.txt"
+    path.write_bytes(b"v1#0 a person walks\nv1#1 caf\xe9 scene\n")
+    with pytest.raises(InvalidInputError, match=r"c\.caption\.txt:2: not UTF-8 .*0xe9"):
+        read_captions(path)
+
+
+def test_oversized_caption_file_is_refused_before_reading(tmp_path: Path) -> None:
+    path = tmp_path / "big.caption.txt"
+    path.write_text("v1#0 a person walks\n")
+    with open(path, "r+b") as f:
+        f.truncate(1024**3)  # sparse: 1 GiB declared
+    with pytest.raises(InvalidInputError, match=r"big\.caption\.txt: caption file is 1\.0 GiB.*--max-bytes"):
+        read_captions(path)
+    small = tmp_path / "small.caption.txt"
+    small.write_text("v1#0 a person walks\n")
+    assert len(read_captions(small, max_bytes=4096)) == 1
+    with pytest.raises(InvalidInputError, match="--max-bytes"):
+        read_captions(small, max_bytes=64)  # text limit = 64 / 8 bytes
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [(b"{\"captions\": \xff}", "not UTF-8"), (b"[" * 100_000, "JSON nested too deeply")],
+)
+def test_bad_meta_json_is_a_typed_error(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "meta.json"
+    path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match=rf"meta\.json: ({problem})"):
+        read_meta(path)
+
+
+def test_hdf5_group_and_huge_dataset_in_a_training_store(tmp_path: Path) -> None:
+    path = tmp_path / "q.hdf5"
+    with h5py.File(path, "w") as f:
+        f.create_group("cap#0")
+        f.create_dataset("cap#1", shape=(10**6, 1024), dtype="f4", chunks=(64, 1024), compression="gzip")
+    store = H5Features(path, (None, 1024), "token features")
+    with pytest.raises(InvalidInputError, match=r"q\.hdf5:cap#0: expected a dataset of token features"):
+        store.read("cap#0")
+    with pytest.raises(InvalidInputError, match=r"q\.hdf5:cap#1: declares .*--max-frames"):
+        store.read("cap#1")  # 3.8 GiB declared, never allocated
