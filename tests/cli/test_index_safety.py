@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 from prvr_cli.app import app  # noqa: E402
 from prvr_export.models.registry import create_model  # noqa: E402
 from prvr_export.onnx_export.bundle import export_bundle  # noqa: E402
-from prvr_sdk import Retriever, VideoEmbeddings  # noqa: E402
+from prvr_sdk import Retriever  # noqa: E402
 from prvr_sdk.index import ExactIndex  # noqa: E402
 
 runner = CliRunner()
@@ -48,7 +48,9 @@ def invoke(*args):
 def test_add_to_a_busy_index_fails_before_encoding(made, monkeypatch):
     calls = []
     real = Retriever.encode_video
-    monkeypatch.setattr(Retriever, "encode_video", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    monkeypatch.setattr(
+        Retriever, "encode_video", lambda self, *a, **k: calls.append(1) or real(self, *a, **k)
+    )
     holder = ExactIndex.load(made / "idx")
     holder.lock()  # another writer is at work
     try:
