@@ -34,6 +34,7 @@ __all__ = [
     "load_npy",
     "npy_header",
     "npz_headers",
+    "read_npy_header",
     "read_npz_member",
 ]
 
@@ -113,20 +114,29 @@ def check_text_file(path: Path, what: str, max_bytes: int | None = None) -> Path
     return Path(path)
 
 
+def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from an ``.npy`` stream's header; reads the header only.
+
+    Raises whatever numpy's parser raises on a damaged header (callers turn it into their typed error).
+    """
+    fmt = np.lib.format
+    version = fmt.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(stream)
+    else:  # (3, 0): utf-8 field names; numpy has no public reader for it
+        shape, fortran, dtype = fmt._read_array_header(stream, version)
+    return tuple(int(d) for d in shape), bool(fortran), np.dtype(dtype)
+
+
 def npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
     """``(shape, dtype)`` from the header of an ``.npy`` stream; reads the header only, never the data."""
-    fmt = np.lib.format
     try:
-        version = fmt.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = fmt.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, _, dtype = fmt.read_array_header_2_0(stream)
-        else:  # (3, 0): utf-8 field names; numpy has no public reader for it
-            shape, _, dtype = fmt._read_array_header(stream, version)
+        shape, _, dtype = read_npy_header(stream)
     except Exception as exc:  # numpy's header parser raises many kinds (ValueError, TokenError ...)
         raise InvalidInputError(f"{name}: not a readable .npy array ({exc})") from None
-    return tuple(int(d) for d in shape), np.dtype(dtype)
+    return shape, dtype
 
 
 def load_npy(

@@ -51,6 +51,7 @@ import numpy as np
 
 from prvr_sdk.bundle import file_digest
 from prvr_sdk.errors import IndexFormatError  # defined there: one exit-code table
+from prvr_sdk.limits import read_npy_header
 
 __all__ = [
     "CURRENT",
@@ -260,13 +261,7 @@ def npy_shape(path: Path, name: str) -> tuple[int, ...]:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            if major == 1:
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            elif major in (2, 3):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            else:
-                raise ValueError(f"unknown .npy format version {major}")
+            shape, fortran, dtype = read_npy_header(f)
             data_start = f.tell()
     except Exception as exc:  # numpy's header parser raises many kinds (ValueError, TokenError ...)
         raise IndexFormatError(f"index file {path} is not a valid .npy file ({exc})") from None
@@ -281,7 +276,7 @@ def npy_shape(path: Path, name: str) -> tuple[int, ...]:
             f"index file {path}: header declares shape {shape} ({expected} bytes with the header), but "
             f"the file has {size} bytes (truncated or forged)"
         )
-    return tuple(int(n) for n in shape)
+    return shape
 
 
 class SegmentFiles:
