@@ -45,7 +45,7 @@ demo: install
 			--epochs $(DEMO_EPOCHS) --config max_es_cnt=$(DEMO_EPOCHS) || exit $$?; \
 		$(PRVR) eval --checkpoint $(DEMO_DIR)/$$m --data-root $(DEMO_DATA) --split test || exit $$?; \
 		echo ""; echo "==> $$m: export a validated ONNX bundle with its MiniLM text front end (prvr export)"; \
-		$(PRVR) export --model $$m --checkpoint $(DEMO_DIR)/$$m --out $(DEMO_DIR)/bundle-$$m || exit $$?; \
+		$(PRVR) export --model $$m --checkpoint $(DEMO_DIR)/$$m --out $(DEMO_DIR)/bundle-$$m --overwrite || exit $$?; \
 		echo ""; echo "==> $$m: the same evaluation through the bundle with ONNX Runtime, no torch model"; \
 		$(PRVR) eval --bundle $(DEMO_DIR)/bundle-$$m --data-root $(DEMO_DATA) --split test || exit $$?; \
 		echo ""; echo "==> $$m: the whole serving path: caption strings through the bundle's MiniLM front end"; \

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import prvr_sdk
-from prvr_cli import data, doctor, encode, evaluate, export, index, search, train
+from prvr_cli import data, doctor, encode, evaluate, export, index, keys, search, train
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
 # What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
@@ -45,6 +45,24 @@ Exit codes:
 {_exit_code_help()}
 """
 
+def _show_flags_plainly() -> None:
+    """Typer's rich help prints a type after every option, flags included (``--overwrite <bool>``), which
+    reads as if the flag took a value; print boolean flags bare, as Click's plain help does."""
+    from typer.core import TyperOption
+
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_prvr_plain_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else original(self, ctx)
+
+    display_type_rich._prvr_plain_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_show_flags_plainly()
+
 app = typer.Typer(
     name="prvr",
     help=HELP,
@@ -60,6 +78,7 @@ app.command(name="encode")(encode.encode)
 app.add_typer(index.app, name="index")
 app.command(name="search")(search.search)
 app.add_typer(data.app, name="data")
+app.add_typer(keys.app, name="keys")
 
 
 def _print_version(value: bool) -> None:

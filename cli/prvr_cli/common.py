@@ -90,10 +90,13 @@ def read_metadata(path: Path | None, max_bytes: int | None = None) -> dict[str, 
     return out
 
 
-def open_retriever(bundle: Path, backend: str, device: str):
+def open_retriever(bundle: Path, backend: str, device: str, trusted_keys: list[Path] | None = None):
+    """The bundle's Retriever; with ``--trusted-key`` given, only if one of those keys signed it."""
     from prvr_sdk import Retriever
 
-    retriever = Retriever.from_bundle(bundle, backend=backend, device=device)
+    retriever = Retriever.from_bundle(
+        bundle, backend=backend, device=device, trusted_keys=trusted_keys or None
+    )
     err.print(
         f"{retriever.model_name}: {retriever.choice.backend} on {retriever.choice.device} "
         f"({retriever.choice.reason})",

@@ -30,6 +30,11 @@ FpsOpt = Annotated[
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Videos per encoder call.")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="auto, onnxruntime or tensorrt.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+TrustedKeyOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--trusted-key", help="Ed25519 public key (prvr keys generate); repeatable. The bundle must "
+                 "be signed by one of them (prvr export --sign-key) or it is refused (exit 5)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")]
 MaxFramesOpt = Annotated[
     int,
@@ -77,6 +82,7 @@ def encode(
     batch_size: BatchOpt = 16,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
+    trusted_key: TrustedKeyOpt = None,
     as_json: JsonOpt = False,
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
@@ -92,7 +98,7 @@ def encode(
     started = time.perf_counter()
     try:
         check_out(out, dir_ok=True)  # before hours of encoding
-        retriever = open_retriever(bundle, backend, device)
+        retriever = open_retriever(bundle, backend, device, trusted_key)
         embeddings = encode_source(retriever, features, fps, batch_size, max_frames, max_bytes)
         try:
             path = embeddings.save(out)

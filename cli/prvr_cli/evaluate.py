@@ -1,4 +1,4 @@
-"""`prvr eval`: score a trained checkpoint on a split with the PRVR protocol (MODELS.md §1.5, §6.4).
+"""`prvr eval`: score a trained checkpoint on a split with the PRVR protocol (docs/models.md §1.5, §5.4).
 
 Prints R@1/5/10/100 and SumR (MUSE: R@1/5/10, MdR, MnR), plus moment localisation (mean IoU of the
 winning clip's span with the true span, R@1 at IoU >= 0.5) when the collection records spans. A table on
@@ -71,6 +71,11 @@ def evaluate(
         str, typer.Option("--backend", help="With --bundle: auto, onnxruntime or tensorrt.")
     ] = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto.")] = "auto",
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option("--trusted-key", help="With --bundle: Ed25519 public key; repeatable. The bundle must "
+                     "be signed by one of them or it is refused (exit 5)."),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object to stdout instead of a table.")
     ] = False,
@@ -92,7 +97,8 @@ def evaluate(
             if data_root is None:
                 raise InvalidInputError("--bundle needs --data-root (a bundle does not record its data)")
             result = evaluate_bundle(
-                bundle, data_root, split, dataset=dataset, text=text, backend=backend, device=device
+                bundle, data_root, split, dataset=dataset, text=text, backend=backend, device=device,
+                trusted_keys=trusted_key or None,
             )
         else:
             if checkpoint is None:

@@ -1,7 +1,8 @@
 """`prvr export`: a trained checkpoint -> a validated ONNX bundle (video and text encoder + manifest).
 
 Without --checkpoint it takes the newest run of that model under --runs-dir (and says which). The
-parity table goes to stderr; a parity failure exits with code 4 and leaves nothing behind.
+parity table goes to stderr; a parity failure exits with code 4 and leaves --out as it was. An existing,
+non-empty --out is refused (exit 2) unless --overwrite, which replaces only a prvr bundle, atomically.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from prvr_sdk.errors import InvalidInputError, PrvrError, exit_code_for
+from prvr_cli.common import fail
+from prvr_sdk.errors import InvalidInputError, PrvrError
 
 MODELS = ("mamfusion", "amdnet", "muse")
 
@@ -63,6 +65,16 @@ def export(
         typer.Option("--fps", help="Frame features per second of the video features, for clip times in "
                      "seconds \\[default: known per collection: demo 1, tvr 1/1.5]."),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing bundle at --out (only a prvr "
+                     "bundle is replaced, atomically; anything else is refused)."),
+    ] = False,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option("--sign-key", help="Sign the bundle with this Ed25519 private key (`prvr keys "
+                     "generate`); writes signature.json."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
 ) -> None:
     """Export a trained model to an ONNX bundle and check ONNX Runtime against torch (exit 4 on mismatch)."""
@@ -75,7 +87,10 @@ def export(
             err.print(f"using the newest {model} checkpoint: {checkpoint}")
         elif checkpoint.is_dir():
             checkpoint = checkpoint / "best.pt"
-        from prvr_export.onnx_export.bundle import export_bundle, parity_table
+        from prvr_export.onnx_export.bundle import check_target, export_bundle, parity_table
+
+        if out is not None:
+            check_target(out, overwrite)  # before loading anything: refusing should be instant
         from prvr_export.train.evaluate import load_checkpoint
 
         net, config = load_checkpoint(checkpoint)
@@ -96,10 +111,11 @@ def export(
             checkpoint=checkpoint,
             text_frontend=None if text_frontend == "none" else text_frontend,
             fps=fps,
+            overwrite=overwrite,
+            sign_key=sign_key,
         )
     except PrvrError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
-        raise typer.Exit(code=exit_code_for(exc)) from None
+        fail(exc)  # escapes the message: paths may hold [brackets]
     if validate:
         err.print(parity_table(manifest), highlight=False, markup=False)
     summary = {
@@ -111,6 +127,7 @@ def export(
         "outputs": manifest["outputs"],
         "parity": {g: r["max_abs_diff"] for g, r in manifest.get("parity", {}).items()},
         "text_frontend": (manifest["text_input"].get("frontend") or {}).get("kind"),
+        "signed": sign_key is not None,
     }
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")

@@ -25,6 +25,7 @@ from prvr_cli.encode import (
     JsonOpt,
     MaxBytesOpt,
     MaxFramesOpt,
+    TrustedKeyOpt,
     encode_source,
 )
 from prvr_sdk.errors import IndexMismatchError, InvalidInputError, PrvrError
@@ -108,6 +109,7 @@ def build(
     batch_size: BatchOpt = 16,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
+    trusted_key: TrustedKeyOpt = None,
     as_json: JsonOpt = False,
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
@@ -128,7 +130,7 @@ def build(
             from prvr_sdk.sources import open_features
 
             features = open_features(features, max_frames=max_frames, max_bytes=max_bytes)
-        retriever = open_retriever(bundle, backend, device)
+        retriever = open_retriever(bundle, backend, device, trusted_key)
         info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, False,
                              path=out, overwrite=overwrite)
     except PrvrError as exc:
@@ -150,6 +152,7 @@ def add(
     batch_size: BatchOpt = 16,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
+    trusted_key: TrustedKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add videos to an index as a new segment (atomic; the index must have been built with the bundle).
@@ -160,7 +163,7 @@ def add(
     """
     try:
         meta = read_metadata(metadata)
-        retriever = open_retriever(bundle or recorded_bundle(index), backend, device)
+        retriever = open_retriever(bundle or recorded_bundle(index), backend, device, trusted_key)
         retriever.load_index(index)
         try:
             retriever.index.lock()  # before encoding: a busy index fails now, not after all the work

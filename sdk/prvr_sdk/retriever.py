@@ -107,6 +107,7 @@ class Retriever:
         precision: Literal["fp32", "fp16", "int8"] = "fp32",
         index: str | os.PathLike | None = None,
         verify: bool = True,
+        trusted_keys: Iterable[Any] | None = None,
     ) -> Retriever:
         """Load a bundle written by ``prvr export``.
 
@@ -117,17 +118,21 @@ class Retriever:
             device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
             precision: which graphs to run; ``"fp16"``/``"int8"`` need such graphs in the bundle.
             index: an index directory to attach (must have been built with this bundle).
-            verify: check every bundle file's sha256 (reads every byte once).
+            verify: check every bundle file's sha256 (reads every byte once); ``False`` still checks names,
+                sizes and ONNX headers (``prvr_sdk.bundle.load``).
+            trusted_keys: Ed25519 public keys (paths, bytes or key objects); when given, the bundle must be
+                signed by one of them (``prvr_sdk.signing``). ``None``: signatures are not checked.
 
         Raises:
-            BundleError / ChecksumError: missing, corrupt or newer-format bundle; no graphs of ``precision``.
+            BundleError / ChecksumError: missing, corrupt or newer-format bundle; no graphs of ``precision``;
+                unsigned or untrusted bundle when ``trusted_keys`` is given.
             BackendUnavailableError: the backend or device asked for is not available here.
             InvalidInputError: unknown backend, device or precision.
             IndexMismatchError: ``index`` was built with another bundle.
         """
         if precision not in PRECISIONS:
             raise InvalidInputError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
-        bundle = bundle_io.load(path, verify=verify)
+        bundle = bundle_io.load(path, verify=verify, trusted_keys=trusted_keys)
         has_engine = _graph_file(bundle, "video_encoder", precision, "tensorrt") is not None
         choice = choose(backend, device, has_engine=has_engine)
         fmt = "tensorrt" if choice.backend == "tensorrt" else "onnx"
@@ -202,7 +207,7 @@ class Retriever:
             video_ids: ids for a single array or a list (default ``"0"``, ``"1"``, ...).
             fps: frame features per second, for clip time spans (default ``self.fps``).
             timestamps: per video ``[T]`` start second of each frame (one array, a list, or a mapping by
-                id), instead of ``fps``.
+                id), instead of ``fps`` (``fps`` given too is ignored, with a warning).
             batch_size: videos per encoder call.
             show_progress: progress bar on stderr (``None``: when stderr is a terminal).
 
@@ -217,6 +222,9 @@ class Retriever:
             raise InvalidInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
         if fps is not None and not (isinstance(fps, int | float) and np.isfinite(fps) and fps > 0):
             raise InvalidInputError(f"fps: expected a positive number, got {fps!r}")
+        if fps is not None and timestamps is not None:
+            warnings.warn("encode_video: both fps and timestamps given; fps is ignored, clip times come from "
+                          "the timestamps", UserWarning, stacklevel=2)
         items, total = self._video_items(videos, video_ids)
         fps = fps if fps is not None else self.fps
         parts: list[VideoEmbeddings] = []

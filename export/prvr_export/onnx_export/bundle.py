@@ -5,7 +5,12 @@ torch.export-based exporter (dynamic batch and length; the selective scan as one
 node with its portable body), run under ONNX Runtime CPU against torch on fresh inputs at several
 batch sizes and lengths (including length 1 and the maximum), and a difference above ``atol`` in any
 output of either graph raises ``ParityError`` with the whole table. Everything is written into a
-temporary directory that is renamed into place only after validation passed.
+temporary directory beside ``out_dir`` that is swapped into place only after validation passed.
+
+An existing ``out_dir`` is never deleted by accident: a non-empty one is refused unless ``overwrite``,
+and even then only a prvr bundle (its manifest reads and its seal is valid) is replaced; the swap renames
+the old bundle aside, the new one in, and restores the old one if that fails, so a failed export leaves
+the previous bundle byte-identical.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,14 +30,14 @@ import onnx
 import torch
 
 from prvr_sdk import bundle as sdk_bundle
-from prvr_sdk.errors import BundleError, ParityError
+from prvr_sdk.errors import BundleError, InvalidInputError, ParityError
 
 from ..scoring import l2_normalize
 from .scan_function import attach_selective_scan_function, custom_translation_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATOL", "export_bundle", "EncoderSpec"]
+__all__ = ["ATOL", "check_target", "export_bundle", "EncoderSpec", "swap_into_place"]
 
 ATOL = 1e-4
 VIDEO_FILE, TEXT_FILE = "video_encoder.onnx", "text_encoder.onnx"
@@ -201,6 +207,8 @@ def export_bundle(
     seed: int = 0,
     text_frontend: str | None = "auto",
     fps: float | None = None,
+    overwrite: bool = False,
+    sign_key: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Export ``model``'s two encoders into a validated, sealed bundle at ``out_dir``.
 
@@ -208,13 +216,20 @@ def export_bundle(
     (strings then work without torch, ``prvr_sdk.text``), ``"minilm"`` forces it, ``None`` leaves it out.
     ``fps``: frame features per second of the video features (default: ``FEATURE_FPS[dataset]``), recorded
     so the Retriever can give clip spans in seconds.
+    ``overwrite``: replace an existing bundle at ``out_dir`` (only a prvr bundle, see ``check_target``).
+    ``sign_key``: an Ed25519 private key file (``prvr keys generate``); the bundle then carries
+    ``signature.json`` (``prvr_sdk.signing``).
 
-    Returns the sealed manifest. Raises ``ParityError`` (nothing is left at ``out_dir``) when ONNX Runtime
-    and torch differ by more than ``atol``; ``BundleError`` when ``out_dir`` exists and is not a bundle.
+    Returns the sealed manifest. Raises ``ParityError`` when ONNX Runtime and torch differ by more than
+    ``atol`` (``out_dir`` is left as it was: absent, or the old bundle unchanged); ``InvalidInputError``
+    when ``out_dir`` is in the way (see ``check_target``), checked before any work.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / sdk_bundle.MANIFEST).is_file():
-        raise BundleError(f"{out_dir} exists and is not a bundle; choose another --out or remove it")
+    check_target(out_dir, overwrite)
+    if sign_key is not None:
+        from prvr_sdk.signing import load_private_key
+
+        load_private_key(sign_key)  # a bad key fails now, not after minutes of export
     model = model.eval()
     gen = torch.Generator().manual_seed(seed)
     frames_max = _frames_len(config)
@@ -276,14 +291,65 @@ def export_bundle(
             text_input["expects"] = f"strings (bundled {frontend} front end) or features from {backbone}"
             manifest["files"].update(extra["files"])
         manifest = sdk_bundle.write_manifest(tmp, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        if sign_key is not None:
+            from prvr_sdk.signing import sign_manifest
+
+            sign_manifest(tmp, sign_key)
+        check_target(out_dir, overwrite)  # again: the directory may have changed during the export
+        swap_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("bundle written to %s", out_dir)
     return manifest
+
+
+def check_target(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that export must not replace (cheap; called before and after exporting).
+
+    Allowed: a missing path, an empty directory, or -- with ``overwrite`` -- a prvr bundle (its manifest
+    passes ``prvr_sdk.bundle.read_manifest``: safe names, known format, valid seal). Refused with
+    ``InvalidInputError`` (exit 2): a file or symlink, a non-empty directory without ``overwrite``, and
+    with ``overwrite`` anything that is not a prvr bundle (a project folder, an index version directory).
+    """
+    if out_dir.is_symlink():
+        raise InvalidInputError(f"--out {out_dir} is a symlink; pass the real directory")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise InvalidInputError(f"--out {out_dir} exists and is not a directory; choose another --out")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise InvalidInputError(
+            f"--out {out_dir} exists and is not empty; pass --overwrite to replace the bundle there "
+            "(only a prvr bundle is ever replaced), or choose another --out"
+        )
+    try:
+        sdk_bundle.read_manifest(out_dir)
+    except BundleError as exc:
+        raise InvalidInputError(
+            f"--out {out_dir} is not a prvr bundle ({exc}); refusing to replace it even with --overwrite"
+        ) from None
+
+
+def swap_into_place(new: Path, out_dir: Path) -> None:
+    """Move directory ``new`` to ``out_dir`` (same parent), replacing what is there only once ``new`` is in.
+
+    Old ``out_dir`` is renamed aside, ``new`` renamed in, then the old one deleted; if renaming ``new`` in
+    fails, the old one is renamed back, so ``out_dir`` always holds a whole bundle.
+    """
+    if not out_dir.exists():
+        os.rename(new, out_dir)
+        return
+    aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}")
+    os.rename(out_dir, aside)
+    try:
+        os.rename(new, out_dir)
+    except BaseException:
+        os.rename(aside, out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _frontend_kind(text_frontend: str | None, dataset: str, config: Any) -> str | None:

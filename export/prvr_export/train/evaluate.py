@@ -1,4 +1,4 @@
-"""Retrieval evaluation of a model on one split (MODELS.md §1.5, §6.4), and loading a trained checkpoint.
+"""Retrieval evaluation of a model on one split (docs/models.md §1.5, §5.4), and loading a trained checkpoint.
 
 ``evaluate`` follows the PRVR protocol: every video of the split is encoded once, in batches of
 ``config.eval_video_batch``; queries are encoded in batches of ``config.eval_query_batch`` and scored
@@ -43,7 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# What each selection metric reports first (MODELS §1.5 for PRVR, §6.4 for MUSE).
+# What each selection metric reports first (docs/models.md §1.5 for PRVR, §5.4 for MUSE).
 HEADLINE_KEYS = {
     "sumr": ("R@1", "R@5", "R@10", "R@100", "SumR"),
     "r1": ("R@1", "R@5", "R@10", "MdR", "MnR"),
@@ -60,7 +60,7 @@ def selection_key(config: Any) -> str:
 
 
 def headline(config: Any) -> tuple[str, ...]:
-    """The metric names ``prvr eval`` shows: MUSE reports the text-video protocol (MODELS §6.4,
+    """The metric names ``prvr eval`` shows: MUSE reports the text-video protocol (docs/models.md §5.4,
     R@1/5/10, MdR, MnR) whatever metric selects its epochs; PRVR models follow ``config.metric``."""
     from prvr_export.models.muse import MuseConfig
 
@@ -351,6 +351,7 @@ def evaluate_bundle(
     text: str = "features",
     backend: str = "auto",
     device: str = "auto",
+    trusted_keys: list | None = None,
 ) -> dict[str, Any]:
     """``evaluate``'s protocol run through an exported bundle with the runtime ``Retriever`` (no torch).
 
@@ -372,7 +373,7 @@ def evaluate_bundle(
 
     if text not in ("features", "strings"):
         raise InvalidInputError(f"text: expected 'features' or 'strings', got {text!r}")
-    retriever = Retriever.from_bundle(bundle, backend=backend, device=device)
+    retriever = Retriever.from_bundle(bundle, backend=backend, device=device, trusted_keys=trusted_keys)
     manifest = retriever.manifest
     config = SimpleNamespace(**manifest["model"]["config"])
     dataset = dataset or manifest["model"]["dataset"]

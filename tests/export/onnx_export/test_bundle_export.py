@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from prvr_export.models.registry import create_model
 from prvr_export.onnx_export.bundle import _text_inputs, _video_inputs, export_bundle
 from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk import scoring
-from prvr_sdk.errors import ParityError
+from prvr_sdk.errors import BundleError, ChecksumError, InvalidInputError, ParityError
 
 ort = pytest.importorskip("onnxruntime")
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -125,3 +127,113 @@ def test_manifest_json_is_plain(exported):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "fp32" and manifest["opset"] == 18
     assert manifest["text_input"]["frontend"] is None and "minilm" in manifest["text_input"]["expects"]
+
+
+# ---------------------------------------------------------------- --out safety, signing, verify pass-through
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def _old_bundle(path):
+    """A sealed bundle as an earlier export left it (tiny fake graphs: only the seal matters here)."""
+    path.mkdir(parents=True)
+    for name in ("video_encoder.onnx", "text_encoder.onnx"):
+        (path / name).write_bytes(b"\x08\x08old " + name.encode())
+    files = {"video_encoder.onnx": {"role": "video_encoder"}, "text_encoder.onnx": {"role": "text_encoder"}}
+    sdk_bundle.write_manifest(path, {"model": {"name": "old"}, "files": files})
+    return path
+
+
+def test_existing_dir_is_refused_without_overwrite(tmp_path):
+    model = create_model("amdnet", "demo").eval()
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    (out / "data.csv").write_text("1,2,3\n")
+    before = _snapshot(out)
+    with pytest.raises(InvalidInputError, match="--overwrite"):
+        export_bundle(model, model.config, out, model_name="amdnet", dataset="demo", text_frontend=None)
+    assert _snapshot(out) == before
+
+
+def test_overwrite_only_replaces_a_prvr_bundle(tmp_path):
+    model = create_model("amdnet", "demo").eval()
+    out = tmp_path / "folder"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format_version": 1, "files": {}}))
+    before = _snapshot(out)
+    with pytest.raises(InvalidInputError, match="not a prvr bundle"):
+        export_bundle(model, model.config, out, model_name="amdnet", dataset="demo", text_frontend=None,
+                      overwrite=True)  # fmt: skip
+    assert _snapshot(out) == before
+
+
+def test_failed_export_leaves_the_old_bundle_byte_identical(tmp_path):
+    model = create_model("amdnet", "demo").eval()
+    out = _old_bundle(tmp_path / "bundle")
+    before = _snapshot(out)
+    with pytest.raises(ParityError):
+        export_bundle(model, model.config, out, model_name="amdnet", dataset="demo", atol=0.0,
+                      text_frontend=None, overwrite=True)  # fmt: skip
+    assert _snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # the temporary directory is gone
+
+
+def test_swap_restores_the_old_bundle_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
+    from prvr_export.onnx_export import bundle as export_module
+
+    out = _old_bundle(tmp_path / "bundle")
+    new = _old_bundle(tmp_path / ".bundle.tmp-x")
+    before = _snapshot(out)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if str(src) == str(new):  # the second rename of the swap fails (disk full, EXDEV, ...)
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(export_module.os, "rename", rename)
+    with pytest.raises(OSError, match="No space"):
+        export_module.swap_into_place(new, out)
+    monkeypatch.undo()
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.tmp-x", "bundle"]  # no aside dir left
+
+
+def test_retriever_passes_verify_and_trusted_keys_through(exported, tmp_path):
+    from prvr_sdk import Retriever
+    from prvr_sdk.signing import generate_key, sign_manifest
+
+    name, _, out, _ = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    generate_key(tmp_path / "key", tmp_path / "key.pub")
+    generate_key(tmp_path / "other", tmp_path / "other.pub")
+    with pytest.raises(BundleError, match="not signed"):
+        Retriever.from_bundle(copy, backend="onnxruntime", device="cpu", trusted_keys=[tmp_path / "key.pub"])
+    sign_manifest(copy, tmp_path / "key")
+    r = Retriever.from_bundle(copy, backend="onnxruntime", device="cpu", trusted_keys=[tmp_path / "key.pub"])
+    assert r.model_name == name
+    other = [tmp_path / "other.pub"]
+    with pytest.raises(BundleError, match="not trusted"):
+        Retriever.from_bundle(copy, backend="onnxruntime", device="cpu", trusted_keys=other)
+    graph = copy / "text_encoder.onnx"
+    graph.write_bytes(graph.read_bytes()[:-1])
+    with pytest.raises(ChecksumError, match="truncated"):  # verify=False still checks sizes
+        Retriever.from_bundle(copy, backend="onnxruntime", device="cpu", verify=False)
+
+
+def test_fps_with_timestamps_warns_that_fps_is_ignored(exported):
+    from prvr_sdk import Retriever
+
+    _, _, out, _ = exported
+    r = Retriever.from_bundle(out, backend="onnxruntime", device="cpu")
+    spec = r.video_spec
+    shape = (spec.feature_dim,) if spec.patches is None else (spec.patches, spec.feature_dim)
+    frames = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
+    ts = np.array([0.0, 0.5, 1.0, 1.5])
+    with pytest.warns(UserWarning, match="fps is ignored"):
+        with_fps = r.encode_video(frames, fps=10.0, timestamps=ts, show_progress=False)
+    without = r.encode_video(frames, timestamps=ts, show_progress=False)
+    np.testing.assert_array_equal(with_fps.spans, without.spans)
