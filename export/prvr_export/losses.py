@@ -1,14 +1,14 @@
-"""Training losses of the PRVR models (MODELS.md §1.8, §4.4, §5.4, §6.3).
+"""Training losses of the PRVR models (docs/models.md §1.9, §3.4, §4.4, §5.3).
 
 Conventions: ``scores`` is ``S [Nq, B]``, query-to-video, and ``query_video [Nq]`` (long) holds the batch
 index of each query's ground-truth video (``y_i``); ``P_j`` is the set of queries of video j. Every function
 returns a scalar tensor. Queries of one video need not be contiguous here (the official code assumes so).
 
-* ``clip_nce``: InfoNCE at temperature 1 on un-normalised scores, both directions (§1.8).
-* ``triplet_sampled``: margin ranking with one sampled negative per query and per video (§1.8).
-* ``query_diversity``: pushes captions of the same video apart (GMMFormer, MamFusion; §1.8).
-* ``moment_diversity``, ``moment_relevance``: AMDNet's moment losses (§5.4).
-* ``symmetric_infonce``: CLIP-style loss with diagonal positives (MUSE, §6.3).
+* ``clip_nce``: InfoNCE at temperature 1 on un-normalised scores, both directions (§1.9).
+* ``triplet_sampled``: margin ranking with one sampled negative per query and per video (§1.9).
+* ``query_diversity``: pushes captions of the same video apart (GMMFormer, MamFusion; §1.9).
+* ``moment_diversity``, ``moment_relevance``: AMDNet's moment losses (§4.4).
+* ``symmetric_infonce``: CLIP-style loss with diagonal positives (MUSE, §5.3).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def triplet_sampled(
     hard_pool_size: int = 20,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Margin ranking loss with one sampled negative per video and per query (MODELS §1.8).
+    """Margin ranking loss with one sampled negative per video and per query (docs/models.md §1.9).
 
     * v2t: for video j, ``pos_j = mean_{i in P_j} S_ij``; ``neg_j`` = the score of one query of another video,
       drawn uniformly (hard: the largest); term ``[m + neg_j - pos_j]+``, summed and divided by B.
@@ -207,7 +207,10 @@ def moment_relevance(
 
 
 def symmetric_infonce(logits: torch.Tensor) -> torch.Tensor:
-    """``(CE(logits, diag) + CE(logits^T, diag)) / 2`` for a square [N, N] logit matrix (MUSE, §6.3)."""
+    """``(CE(logits, diag) + CE(logits^T, diag)) / 2`` for a square [N, N] logit matrix.
+
+    MUSE's loss, docs/models.md §5.3.
+    """
     if logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
         raise ShapeMismatchError(f"logits must be square [N, N], got {tuple(logits.shape)}")
     target = torch.arange(logits.shape[0], device=logits.device)

@@ -19,7 +19,7 @@ __all__ = ["BLOCK_ELEMENTS", "cosine", "l2_normalize", "max_over_clips", "weight
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = L2_EPS) -> torch.Tensor:
-    """``x / (||x||_2 + eps)`` along ``dim`` (MODELS.md §1.3: eps added to the norm, not a clamp)."""
+    """``x / (||x||_2 + eps)`` along ``dim`` (docs/models.md §1.3: eps added to the norm, not a clamp)."""
     return x / (x.norm(dim=dim, keepdim=True) + eps)
 
 

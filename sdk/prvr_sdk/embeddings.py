@@ -2,8 +2,8 @@
 
 PRVR stores several vectors per video (one per clip, or per moment for AMDNet's moment mode) and a time
 span per vector, so a search can say *where* in the video the sentence matches. The clip vectors of all
-videos sit in one contiguous matrix with per-video offsets -- the layout of the on-disk index (DESIGN.md
-§3.4) -- so handing them to ``ExactIndex.add`` copies nothing per video.
+videos sit in one contiguous matrix with per-video offsets -- the layout of the on-disk index
+(docs/architecture.md §4) -- so handing them to ``ExactIndex.add`` copies nothing per video.
 """
 
 from __future__ import annotations

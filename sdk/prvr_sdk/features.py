@@ -1,6 +1,6 @@
 """Video feature preparation shared by training and serving: pooling, sampling, normalisation, checks.
 
-The PRVR models (MS-SL, GMMFormer, MamFusion, AMDNet) see a video twice (MODELS.md §1.4):
+The PRVR models (MS-SL, GMMFormer, MamFusion, AMDNet) see a video twice (docs/models.md §1.4):
 
 * **clip level** -- ``pool_clips``: the ``Nf`` frame features are averaged into a fixed ``num_clips`` = 32
   rows ("average to fixed length");
@@ -45,7 +45,7 @@ __all__ = [
     "validate_frames",
 ]
 
-# MODELS.md §1.3: upstream normalises as x / (||x|| + 1e-5), with the eps added to the norm, not clamped.
+# docs/models.md §1.3: upstream normalises as x / (||x|| + 1e-5), with the eps added to the norm, not clamped.
 L2_EPS = 1e-5
 
 
@@ -66,7 +66,7 @@ def _check_count(value: int, what: str) -> int:
 
 
 def clip_bounds(num_frames: int, num_clips: int = 32) -> np.ndarray:
-    """Frame rows that each pooled clip averages (MODELS.md §1.4 rule), as half-open ranges.
+    """Frame rows that each pooled clip averages (docs/models.md §1.4 rule), as half-open ranges.
 
     Runtime uses this to turn the best-matching clip index into a time span.
 
@@ -110,7 +110,7 @@ def _as_frames(frames: np.ndarray, name: str) -> np.ndarray:
 
 
 def pool_clips(frames: np.ndarray, num_clips: int = 32) -> np.ndarray:
-    """Average a video's frame features into ``num_clips`` clip features (MODELS.md §1.4, clip level).
+    """Average a video's frame features into ``num_clips`` clip features (docs/models.md §1.4, clip level).
 
     Args:
         frames: ``r(Nf Dv)``, ``Nf >= 1`` frame features.
@@ -128,7 +128,7 @@ def pool_clips(frames: np.ndarray, num_clips: int = 32) -> np.ndarray:
 
 
 def sample_frames(frames: np.ndarray, max_frames: int) -> np.ndarray:
-    """Cap a video at ``max_frames`` frame features (MODELS.md §1.4, frame level).
+    """Cap a video at ``max_frames`` frame features (docs/models.md §1.4, frame level).
 
     Args:
         frames: ``r(Nf Dv)``, ``Nf >= 1`` frame features.
@@ -150,7 +150,7 @@ def sample_frames(frames: np.ndarray, max_frames: int) -> np.ndarray:
 
 def uniform_frame_indices(num_frames: int, max_frames: int) -> np.ndarray:
     """CLIP4Clip's frame choice (``slice_framepos`` 2), used by MUSE: all frames, or ``max_frames`` of them at
-    linspace positions (MODELS.md §6.1).
+    linspace positions (docs/models.md §1.4, §5.1).
 
     Returns:
         int64 ``[min(num_frames, max_frames)]``, increasing; positions are floored, as numpy's
@@ -162,7 +162,7 @@ def uniform_frame_indices(num_frames: int, max_frames: int) -> np.ndarray:
 
 
 def l2_normalize(x: np.ndarray, axis: int = -1, eps: float = L2_EPS) -> np.ndarray:
-    """``x / (||x||_2 + eps)`` along ``axis``, in float32 (MODELS.md §1.3 eps convention).
+    """``x / (||x||_2 + eps)`` along ``axis``, in float32 (docs/models.md §1.3 eps convention).
 
     The eps is added to the norm (as upstream does), so a zero vector stays zero and a unit vector comes
     back scaled by ``1 / (1 + eps)``; cosine scores of normalised vectors are therefore ~2e-5 below 1.

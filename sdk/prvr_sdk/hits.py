@@ -1,4 +1,4 @@
-"""``Hit``: one search result -- which video matched, how well, and where inside it (ECOSYSTEM.md §0.1).
+"""``Hit``: one search result -- which video matched, how well, and where inside it.
 
 Every video-search peer users like returns the moment, not only the video (Twelve Labs ``start/end``,
 NVIDIA VSS ``start_time/end_time``, lighthouse windows). PRVR gets it for free: a video's clip-scale score

@@ -35,7 +35,7 @@ __all__ = [
     "prepare_video",
 ]
 
-QUERY_EPS = 1e-5  # MODELS §1.3: eps added to the norm
+QUERY_EPS = 1e-5  # docs/models.md §1.3: eps added to the norm
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Retrieval and moment metrics (MODELS.md §1.5 PRVR protocol, §6.4 CLIP4Clip), in numpy.
+"""Retrieval and moment metrics (docs/models.md §1.5 PRVR protocol, §1.6 moments, §5.4 MUSE), in numpy.
 
 Text-to-video ranks are 1-based: ``rank_i = 1 + #{j != gt_i : S[i, j] >= S[i, gt_i]}``.
 

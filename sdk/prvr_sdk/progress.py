@@ -1,6 +1,6 @@
 """Progress bars for long encodes, on stderr, off by default when stderr is not a terminal.
 
-Data goes to stdout and logs/progress to stderr (ECOSYSTEM.md §0.8), so a bar never corrupts piped output;
+Data goes to stdout and logs/progress to stderr, so a bar never corrupts piped output;
 ``show_progress=None`` means "only when a person is watching".
 """
 

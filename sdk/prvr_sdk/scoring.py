@@ -1,4 +1,4 @@
-"""Query-to-video scores of the PRVR models, in numpy (MODELS.md §4.3, §5.3, §6.2, §11).
+"""Query-to-video scores of the PRVR models, in numpy (docs/models.md §3.3, §4.3, §5.2, §8).
 
 * ``cosine``          -- MUSE (one unit vector per video) and the frame term of GMMFormer/MamFusion;
 * ``max_over_clips``  -- the clip term: ``s(i, j) = max_c cos(q_i, clip_{j,c})``, with the winning clip, which

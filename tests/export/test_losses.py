@@ -1,4 +1,7 @@
-"""Tests for prvr_export/losses.py: each loss against a case worked by hand (MODELS.md §1.8, §5.4, §6.3)."""
+"""Tests for prvr_export/losses.py: each loss against a case worked by hand.
+
+The losses are described in docs/models.md §1.9, §4.4, §5.3.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for sdk/prvr_sdk/features.py: pooling against hand-worked cases and a loop written from MODELS §1.4.
+"""Tests for sdk/prvr_sdk/features.py: pooling against hand-worked cases and a loop written from
+docs/models.md §1.4.
 
 The oracle ``naive_pool`` is a line-by-line transcription of the rule, using exact rationals and Python's
 ``round`` (half to even) for the boundaries and a float64 mean per clip; it shares no code with the module.
@@ -25,7 +26,9 @@ from prvr_sdk.features import (
 
 
 def naive_pool(frames: np.ndarray, n: int) -> np.ndarray:
-    """MODELS §1.4: b_i = min(round(i*Nf/n), Nf-1), i = 0..n; clip i = mean(rows b_i..b_{i+1}-1) | row b_i."""
+    """docs/models.md §1.4: b_i = min(round(i*Nf/n), Nf-1), i = 0..n;
+    clip i = mean(rows b_i..b_{i+1}-1) | row b_i.
+    """
     nf = frames.shape[0]
     b = [min(round(Fraction(i * nf, n)), nf - 1) for i in range(n + 1)]
     out = []

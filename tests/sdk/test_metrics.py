@@ -21,7 +21,9 @@ from prvr_sdk.metrics import (
 
 
 def clip4clip_metrics(x: np.ndarray) -> dict[str, float]:
-    """CLIP4Clip's compute_metrics (MODELS §6.4), GT on the diagonal: 0-based r, R@K, MdR = median + 1."""
+    """CLIP4Clip's compute_metrics (docs/models.md §5.4), GT on the diagonal:
+    0-based r, R@K, MdR = median + 1.
+    """
     sx = np.sort(-x, axis=1)
     d = np.diag(-x)[:, None]
     ind = np.where(sx - d == 0)[1]

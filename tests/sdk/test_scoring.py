@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
 from prvr_sdk.scoring import cosine, max_over_clips, weighted_score
 
-E = 1e-5  # MODELS §1.3: x / (||x|| + 1e-5)
+E = 1e-5  # docs/models.md §1.3: x / (||x|| + 1e-5)
 
 
 def naive_max_over_clips(q, clips, normalize, mask=None):

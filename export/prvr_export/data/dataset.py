@@ -1,9 +1,9 @@
-"""PRVR datasets for training and evaluation (MODELS.md §1.2–§1.5), and the collate functions.
+"""PRVR datasets for training and evaluation (docs/models.md §1.2–§1.5), and the collate functions.
 
 ``open_dataset(dataset, data_root, config)`` returns a ``PRVRData`` that reads one collection (layout:
 ``prvr_export.data.layout``) the way its model's config asks:
 
-* ``train_set()``: one item per *video* with **all** its captions (MODELS §1.2);
+* ``train_set()``: one item per *video* with **all** its captions (docs/models.md §1.2);
 * ``videos(split)``: the split's videos, in order of first appearance in its caption file (§1.5);
 * ``queries(split)``: every caption of the split, with the index of its video in ``videos(split)`` and its
   ``[start, end]`` span in seconds when the collection's metadata JSON has one (``None`` otherwise).
@@ -11,7 +11,7 @@
 Video inputs go through ``prvr_sdk.features`` -- the same numpy code the runtime runs -- so training and
 serving pool identically: ``pool_clips`` to ``num_clips`` clips, ``sample_frames`` to ``max_ctx_l`` steps,
 then per-row ``l2_normalize`` when ``normalize_video``. MUSE (``video_source="patches"``) instead keeps at
-most ``max_frames`` whole frames, chosen with CLIP4Clip's ``linspace`` rule (MODELS §6.1).
+most ``max_frames`` whole frames, chosen with CLIP4Clip's ``linspace`` rule (docs/models.md §1.4, §5.1).
 Queries: token rows L2-normalised (eps 1e-5) when ``normalize_query``, then cut to ``max_desc_l`` (§1.3);
 sentence vectors normalised when ``normalize_query`` (AMDNet: never).
 
@@ -399,7 +399,8 @@ def collate_train(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Training batch of ``prvr_export.models.base`` from ``TrainSet`` items.
 
     Videos are sorted by frame length, longest first (stable), and their captions concatenated in that
-    order, so each video's captions stay contiguous (the query-diversity loss relies on it, MODELS §1.4).
+    order, so each video's captions stay contiguous (the query-diversity loss relies on it,
+    docs/models.md §1.2).
 
     Returns:
         ``clips`` [B, Nc, Dv], ``frames`` [B, Lf, Dv], ``frame_mask`` [B, Lf] (or ``patches`` [B, T, 1+P, C]

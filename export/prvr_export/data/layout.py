@@ -1,4 +1,4 @@
-"""Where each collection keeps its files (MODELS.md §1.1): one table, read by every reader.
+"""Where each collection keeps its files (docs/models.md §1.1): one table, read by every reader.
 
 A collection ``c`` lives in ``<data_root>/<c>/``::
 

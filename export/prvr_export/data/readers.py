@@ -1,4 +1,4 @@
-"""Readers for the PRVR file formats (MODELS.md §1.2–§1.3): caption files, BigFile, video2frames, hdf5.
+"""Readers for the PRVR file formats (docs/models.md §1.2–§1.3): caption files, BigFile, video2frames, hdf5.
 
 Every reader validates what it reads and raises a ``prvr_sdk.errors`` class whose message names the file
 (and the video or caption id) and the problem: a missing file, a size that disagrees with ``shape.txt``, a

@@ -1,6 +1,8 @@
-"""AMDNet (Song et al., IEEE TMM 2025, arXiv 2504.10920): learnable moment anchors over clips (MODELS.md §5).
+"""AMDNet (Song et al., IEEE TMM 2025, arXiv 2504.10920): learnable moment anchors over clips.
 
-Re-implemented from the description in MODELS.md §1.6, §5 (the official repository carries no licence):
+See docs/models.md §4.
+
+Re-implemented from the description in docs/models.md §1.7, §4 (the official repository carries no licence):
 
     q  = LinearLayer(sentence)                                      [Nq, D]
     X  = posenc(LinearLayer(clips))                                 [B, 32, D]
@@ -15,15 +17,15 @@ so H must equal K. There is no frame branch and no text transformer.
 Scoring (``score_mode``):
 
 * ``"clips"`` (default, the code's rule): ``s = max_c cos(q, Y_c)``; index ``Y [32, D]`` per video.
-* ``"moments"`` (the paper's max-over-moments reading, MODELS §10 AMDNet 1): ``s = max_k cos(q, P_k)``;
+* ``"moments"`` (the paper's max-over-moments reading, docs/models.md §4.6 item 1): ``s = max_k cos(q, P_k)``;
   index ``P [K, D]`` per video plus the anchors ``(c_k, w_k)`` (``moment_anchor``). The NCE loss then trains
   the same moment scores. ``Y`` is used by neither scoring nor any loss in this mode, so the two attention
-  blocks are not built (the model is smaller than the §8 figure).
+  blocks are not built (the model is smaller than the §6 figure).
 
-Losses (MODELS §5.4): ``l1 NCE(max-over-tokens dot) + l2 L_div(M) + 25 L_rel``. As in the official
+Losses (docs/models.md §4.4): ``l1 NCE(max-over-tokens dot) + l2 L_div(M) + 25 L_rel``. As in the official
 ``forward``, the relevance loss reads the queries from a second pass of the query encoder (fresh dropout).
-Defects of the released code (§5.6) do not arise here: there is no stray ``generate_gauss_weight`` call, the
-encoder returns one dict, and the unfinished ``soft_moment_mask`` helper is not reproduced.
+Defects of the released code (§4.6 item 2) do not arise here: there is no stray ``generate_gauss_weight``
+call, the encoder returns one dict, and the unfinished ``soft_moment_mask`` helper is not reproduced.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ SCORE_MODES = ("clips", "moments")
 
 @dataclass(frozen=True)
 class AMDNetConfig(PRVRConfig):
-    """AMDNet's architecture and loss fields (defaults: the TVR config, MODELS §5.5)."""
+    """AMDNet's architecture and loss fields (defaults: the TVR config, docs/models.md §4.5)."""
 
     d_model: int = 384  # hidden size D (TVR 384, ActivityNet/Charades 256)
     n_heads: int = 4  # attention heads H, which is also the number of moments K (event_size)
@@ -108,7 +110,7 @@ class AMDNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GMMFormer's re-init (MODELS §1.6): Linear/Embedding N(0, 0.02), biases 0, LayerNorm (1, 0)."""
+        """GMMFormer's re-init (docs/models.md §1.7): Linear/Embedding N(0, 0.02), biases 0, LN (1, 0)."""
         bert_init_(self, std=self.config.initializer_range)
         tag_no_weight_decay(self)
 
@@ -189,7 +191,7 @@ class AMDNet(nn.Module):
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """MODELS §5.4: ``l1 NCE(max-over-tokens dot) + l2 L_div(M) + relevance_weight L_rel``.
+        """docs/models.md §4.4: ``l1 NCE(max-over-tokens dot) + l2 L_div(M) + relevance_weight L_rel``.
 
         ``epoch`` is accepted for the common signature: AMDNet has no hard-negative schedule.
         """

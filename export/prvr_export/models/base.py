@@ -1,4 +1,4 @@
-"""The contract every PRVR model implements (DESIGN.md §3.1), and the batch that training feeds it.
+"""The contract every PRVR model implements (docs/architecture.md §2), and the batch that training feeds it.
 
 A model splits into a video encoder and a text encoder whose outputs are independent, so videos are
 encoded once and indexed; ``score`` is a cheap function of the two (max-over-clips cosine, plus a pooled

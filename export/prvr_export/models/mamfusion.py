@@ -1,6 +1,7 @@
-"""MamFusion (Ying et al., arXiv 2506.03473): GMMFormer trunk and four Mamba residual branches (MODELS.md §4).
+"""MamFusion (Ying et al., arXiv 2506.03473): GMMFormer trunk and four Mamba residual branches.
 
-Re-implemented from the description in MODELS.md §1.6, §3, §4 (the official repository carries no licence):
+Re-implemented from the description in docs/models.md §1.7, §2, §3 (the official repository carries no
+licence):
 
     query:  q_tok [Nq,Lq,Dq] -> LinearLayer -> posenc(max_desc_l) -> BertAttention(mask) -> pool -> q [Nq,D]
     clips:  C [B,32,Dv] -> LinearLayer -> posenc -> GMMBlock -> MB -> GMMBlock -> MB          -> Xc [B,32,D]
@@ -9,23 +10,23 @@ Re-implemented from the description in MODELS.md §1.6, §3, §4 (the official r
 
 with ``MB(X) = X + LN(Mamba(X))`` (unidirectional, causal). Score: ``0.7 max_c cos(q, Xc_c) + 0.3 cos(q, f)``;
 the index holds ``Xc [32, D]`` and ``f [D]`` per video. Two temporal-fusion modules (cross-attention across
-the batch's videos and queries, MODELS §4.2) are training-only: they turn the queries into ``q'``, which feeds
-only the query-diversity loss. Inference never calls them, and the video path never sees a query.
+the batch's videos and queries, docs/models.md §3.2) are training-only: they turn the queries into ``q'``,
+which feeds only the query-diversity loss. Inference never calls them, and the video path never sees a query.
 
 Choices, each deliberate:
 
-* **GMM widths over the valid length** (``gmm_length="valid"``, MODELS §10 GMMFormer 1): the official code
+* **GMM widths over the valid length** (``gmm_length="valid"``, docs/models.md §2.2): the official code
   draws the frame branch's Gaussians over the padded batch length, so a video's embedding changed with its
   batch-mates. Here every video's Gaussians use its own length, so ``encode_video`` is padding-invariant
   (encode once, index). ``gmm_length="padded"`` restores the official rule.
-* **Initialisation** (``mamba_init="official"``, MODELS §1.6, §10 MamFusion 5): faithful to the code that
+* **Initialisation** (``mamba_init="official"``, docs/models.md §1.7, §3.5 item 3): faithful to the code that
   produced the paper's numbers, the GMMFormer re-init walks *every* sub-module, Mamba included: the Mamba
   in/x/dt/out projections are re-drawn from N(0, 0.02) and the ``dt_proj`` bias is zeroed (initial step
   softplus(0) ~ 0.69). ``mamba_init="stock"`` leaves each Mamba with mamba-ssm's own init instead.
-* **Dead parameters dropped** (``fusion_dead_conv=False``, MODELS §10 MamFusion 4): each official fusion
+* **Dead parameters dropped** (``fusion_dead_conv=False``, docs/models.md §3.5 item 4): each official fusion
   module also registers a Conv2d(5 -> 15680, 1x1) that no code path calls (94,080 parameters each). It is left
-  out by default; ``fusion_dead_conv=True`` registers it so the parameter count matches MODELS §8 exactly. The
-  ``top_k`` / ``km`` attributes (not parameters) are not reproduced.
+  out by default; ``fusion_dead_conv=True`` registers it so the parameter count matches docs/models.md §6
+  exactly. The ``top_k`` / ``km`` attributes (not parameters) are not reproduced.
 * **No 4x repeat in the fusion**: the official code repeats ``f`` four times before fusing. Row-wise attention
   gives four identical copies, and duplicated keys leave a softmax-weighted mean unchanged, so ``q'`` is the
   same without it.
@@ -57,7 +58,7 @@ MAMBA_INITS = ("official", "stock")
 
 @dataclass(frozen=True)
 class MamFusionConfig(PRVRConfig):
-    """MamFusion's architecture and loss fields (defaults: the TVR config, MODELS §4.4)."""
+    """MamFusion's architecture and loss fields (defaults: the TVR config, docs/models.md §3.4)."""
 
     d_model: int = 384  # hidden size D
     n_heads: int = 8  # attention heads (TVR/ActivityNet 8, Charades 4)
@@ -105,7 +106,7 @@ class TemporalFusion(nn.Module):
     """One fusion module: ``tgt * MHA(query=tgt, key=memory, value=memory)``, on unbatched [N, D] inputs.
 
     Attention therefore runs across the items of the mini-batch (videos attend over queries, or queries over
-    videos). No residual, no norm, dropout 0 (MODELS §4.2).
+    videos). No residual, no norm, dropout 0 (docs/models.md §3.2).
 
     Args:
         d_model, n_heads: MHA sizes.
@@ -168,7 +169,7 @@ class MamFusion(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GMMFormer's re-init (MODELS §1.6) over the whole model; Mamba too unless ``mamba_init="stock"``."""
+        """GMMFormer's re-init (docs/models.md §1.7), whole model; Mamba too unless ``mamba_init="stock"``."""
         skip = (lambda m: isinstance(m, Mamba)) if self.config.mamba_init == "stock" else None
         bert_init_(self, std=self.config.initializer_range, skip=skip)
         tag_no_weight_decay(self)
@@ -262,7 +263,8 @@ class MamFusion(nn.Module):
 
     # ------------------------------------------------------------------ training
     def fuse_queries(self, queries: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
-        """The two temporal-fusion modules: ``V' = f * A``, ``q' = q * A'`` (MODELS §4.2). Training only.
+        """The two temporal-fusion modules: ``V' = f * A``, ``q' = q * A'`` (docs/models.md §3.2). Training
+        only.
 
         Args:
             queries: r(Nq D), the batch's queries.
@@ -275,7 +277,7 @@ class MamFusion(nn.Module):
         return self.t2v_fusion(queries, fused_videos)  # (Nq D): queries attend over the fused videos
 
     def loss(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """MODELS §4.4: ``l1 NCE(clip) + trip(clip) + l2 NCE(frame) + trip(frame) + l3 L_qd(q')``.
+        """docs/models.md §3.4: ``l1 NCE(clip) + trip(clip) + l2 NCE(frame) + trip(frame) + l3 L_qd(q')``.
 
         NCE terms use un-normalised scores (max-over-clips dot products, ``q . f``); triplets use cosines;
         hard negatives from ``epoch >= hard_negative_start_epoch`` (0-based).

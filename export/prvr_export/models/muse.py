@@ -1,4 +1,4 @@
-"""MUSE: multi-scale Mamba over CLIP patch tokens (Tang et al., AAAI 2025; hrtang22/MUSE; MODELS.md §6).
+"""MUSE: multi-scale Mamba over CLIP patch tokens (Tang et al., AAAI 2025; hrtang22/MUSE; docs/models.md §5).
 
 The model is MUSE's similarity head ("sim_header MUSE") on top of *pre-extracted* CLIP outputs: the CLIP
 image and text towers are not part of it. Video input: per frame the CLS token and the ``g x g`` patch tokens
@@ -19,21 +19,21 @@ MiniLM demo; upstream has none, CLIP's text projection already gives C), L2-norm
 Score: ``text_emb @ video_emb.T``, a cosine of unit vectors; no best clip (``None``).
 Loss: CLIP4Clip's symmetric InfoNCE on ``exp(logit_scale) * t vᵀ`` (see ``Muse.loss``).
 
-Choices where the official code is defective or silent (MODELS.md §10):
-* §10 MUSE 1, pyramid not registered upstream: the branches are an ``nn.ModuleList`` here, so they train,
+Choices where the official code is defective or silent (docs/models.md §5.5):
+* item 1, pyramid not registered upstream: the branches are an ``nn.ModuleList`` here, so they train,
   are saved in ``state_dict`` and survive a rebuild. They are named ``pyramid`` (upstream:
   ``mamba_stages``), so the ``lr_groups`` rule ``["mamba", 10.0]`` gives them the base learning rate and the
   10x rate stays with the residual Mamba blocks (``mamba_blocks.*``, upstream ``MS_mamba.*``: LN, BiMamba and
   output Linear), as upstream (whose log shows only CLIP's 1e-7 and the blocks' 1e-3: nothing trains at the
   base rate there). Add ``["pyramid", 10.0]`` to ``lr_groups`` for the rate the pyramid would have had
   upstream, registered under its original name.
-* §10 MUSE 2, initialisation: ``init_scheme = "intended"`` (default) keeps what the authors wrote: each
+* item 2, initialisation: ``init_scheme = "intended"`` (default) keeps what the authors wrote: each
   block's output Linear starts at zero, so every block starts as the identity and the model starts as
   CLIP4Clip's meanP; BiMamba keeps mamba-ssm's own initialisation (inverse-softplus dt bias). ``"clip4clip"``
   reproduces what upstream actually runs: CLIP4Clip's global pass draws every ``nn.Linear`` of the blocks
   (and the text projection) from N(0, 0.02) and zeroes every Linear bias, the ``dt_proj`` bias included
   (ignoring its ``_no_reinit`` tag); convolutions keep PyTorch's defaults in both schemes.
-* §10 MUSE 3: the patch grid is the config field ``patch_grid`` (7 for ViT-B/32, 14 for ViT-B/16).
+* item 3: the patch grid is the config field ``patch_grid`` (7 for ViT-B/32, 14 for ViT-B/16).
 * Padding: upstream runs the scan over all T frames, padded ones included; their tokens sit in the middle
   of the frame-major sequence, so the forward scan carries them into later valid tokens. Here every token
   of a padded frame is moved behind all valid tokens (a stable partition of the sequence, ``pack_order``),
@@ -83,9 +83,9 @@ INIT_SCHEMES = ("intended", "clip4clip")
 
 @dataclass(frozen=True)
 class MuseConfig(PRVRConfig):
-    """``PRVRConfig`` with MUSE's defaults (MODELS.md §6.3) plus the head's architecture fields."""
+    """``PRVRConfig`` with MUSE's defaults (docs/models.md §5.3) plus the head's architecture fields."""
 
-    # --- training (MODELS.md §6.3; CLIP4Clip's BertAdam with warmup_cosine)
+    # --- training (docs/models.md §5.3; CLIP4Clip's BertAdam with warmup_cosine)
     lr: float = 1e-4
     batch_size: int = 128
     n_epoch: int = 5
@@ -113,7 +113,7 @@ class MuseConfig(PRVRConfig):
     max_frames: int = 12  # T: frames per video (uniformly sampled by the data pipeline)
     patch_grid: int = 7  # g: patch tokens per frame = g * g (ViT-B/32 at 224 px: 7; ViT-B/16: 14)
 
-    # --- architecture (MODELS.md §6.2)
+    # --- architecture (docs/models.md §5.2)
     pyramid_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
     n_blocks: int = 4  # residual BiMamba blocks
     d_state: int = 16
@@ -200,8 +200,8 @@ def pack_order(token_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class ResMambaBlock(nn.Module):
     """``x <- x + out(Dropout_p(BiMamba(norm(x))))``: the paper's "ResMamba" (upstream ``Mamba_head``).
 
-    The paper's "gated residual" (§10 MUSE 6) has no gate tensor: the zero-initialised output Linear plays
-    that role (``zero_init_out``).
+    The paper's "gated residual" (docs/models.md §5.5 item 4) has no gate tensor: the zero-initialised output
+    Linear plays that role (``zero_init_out``).
     """
 
     def __init__(
@@ -212,7 +212,7 @@ class ResMambaBlock(nn.Module):
         self.mamba = BiMamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, d_model)
-        if zero_init_out:  # the block starts as the identity (§10 MUSE 2, "intended")
+        if zero_init_out:  # the block starts as the identity (docs/models.md §5.5 item 2, "intended")
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
@@ -357,7 +357,7 @@ class Muse(nn.Module):
         return text_emb @ video["video_emb"].T, None
 
     def loss(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """CLIP4Clip's symmetric InfoNCE on ``exp(logit_scale) * t vᵀ`` (MODELS.md §6.3).
+        """CLIP4Clip's symmetric InfoNCE on ``exp(logit_scale) * t vᵀ`` (docs/models.md §5.3).
 
         Upstream pairs one caption with one video per batch row and takes ``½[CE(logits) + CE(logitsᵀ)]``
         with diagonal positives. PRVR batches carry several captions per video (``query_video``), so the

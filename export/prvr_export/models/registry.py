@@ -1,4 +1,4 @@
-"""One model registry, with configs as data (STYLE.md item 3, after open_clip's ``factory.py``).
+"""One model registry, with configs as data (after open_clip's ``factory.py``).
 
 Each (model, dataset) pair is one JSON file, ``models/configs/<model>-<dataset>.json``, read onto the frozen
 dataclass that the model registered (``MamFusionConfig``, ``AMDNetConfig``, ...). Every config class carries
@@ -69,7 +69,7 @@ class PRVRConfig:
     margin: float = 0.2  # triplet margin
     eval_video_batch: int = 100  # videos per encode batch at evaluation
     eval_query_batch: int = 50  # queries per encode batch at evaluation
-    schedule: str = "warmup_linear"  # "warmup_linear" (BertAdam, MODELS §1.7) | "warmup_cosine" (MUSE)
+    schedule: str = "warmup_linear"  # "warmup_linear" (PRVR) | "warmup_cosine" (MUSE); docs/models.md §1.8
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
     eps: float = 1e-6  # Adam epsilon
     global_grad_clip: float | None = None  # clip_grad_norm_ over all params before the step (MUSE: 1.0)

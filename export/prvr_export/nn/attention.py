@@ -1,4 +1,4 @@
-"""Self-attention of the GMMFormer family, with multiplicative Gaussian weights (MODELS.md §1.6, §5.2).
+"""Self-attention of the GMMFormer family, with multiplicative Gaussian weights (docs/models.md §1.7, §4.2).
 
 * ``BertAttention``: multi-head self-attention without a feed-forward sub-layer, post-LN residual. Optional
   multiplicative ``weights`` scale the logits before the padding mask and the softmax, so far-away logits
@@ -7,7 +7,7 @@
   three Gaussian heads.
 * ``moment_masks``: AMDNet's learnable Gaussian span anchors, one row per moment.
 
-Deliberate fix (MODELS §10, GMMFormer 1): the official code draws the GMM Gaussian over the *padded* batch
+Deliberate fix (docs/models.md §2.2): the official code draws the GMM Gaussian over the *padded* batch
 length, so a video's frame embedding depends on what it is batched with, which breaks "encode each video
 once and index it". ``gmm_weights`` takes each sequence's valid length from the mask instead, so right
 padding never changes a video's embedding. ``GMMBlock(length_mode="padded")`` reproduces the official rule.
@@ -113,7 +113,7 @@ def moment_masks(centres: torch.Tensor, widths: torch.Tensor, length: int) -> to
 
 
 class BertAttention(nn.Module):
-    """Multi-head self-attention + output Linear + post-LN residual (no feed-forward), MODELS §1.6.
+    """Multi-head self-attention + output Linear + post-LN residual (no feed-forward), docs/models.md §1.7.
 
     Args:
         d_model: width D; head width D / n_heads.

@@ -1,9 +1,9 @@
-"""Small layers shared by the PRVR models (MODELS.md §1.6), and the model-level initialisation policy.
+"""Small layers shared by the PRVR models (docs/models.md §1.7), and the model-level initialisation policy.
 
 ``LinearLayer`` is the input projection of MS-SL / GMMFormer / MamFusion / AMDNet;
-``MambaResidual`` is MamFusion's post-normalised Mamba branch (MODELS §4.2).
-``bert_init_`` is the one re-initialisation those code bases apply after building a model (§1.6), and
-``tag_no_weight_decay`` marks the parameters that BertAdam leaves undecayed (§1.7), so that the optimiser
+``MambaResidual`` is MamFusion's post-normalised Mamba branch (docs/models.md §3.2).
+``bert_init_`` is the one re-initialisation those code bases apply after building a model (§1.7), and
+``tag_no_weight_decay`` marks the parameters that BertAdam leaves undecayed (§1.8), so that the optimiser
 builder in ``prvr_export.train`` reads tags instead of parsing names.
 """
 
@@ -51,7 +51,7 @@ class MambaResidual(nn.Module):
     """MamFusion's Mamba branch ``MB(X) = X + LN(Mamba(X))``: Mamba first, LayerNorm on its output, then add.
 
     The scan is unidirectional and causal, so with right padding the valid steps never see the padding and
-    no mask is needed (MODELS §4.2).
+    no mask is needed (docs/models.md §3.2).
 
     Args:
         d_model: width of X.
@@ -73,7 +73,7 @@ def bert_init_(
     std: float = 0.02,
     skip: Callable[[nn.Module], bool] | None = None,
 ) -> None:
-    """The GMMFormer-family ``reset_parameters`` (MODELS §1.6), applied in place to every sub-module.
+    """The GMMFormer-family ``reset_parameters`` (docs/models.md §1.7), applied in place to every sub-module.
 
     nn.Linear (including MultiheadAttention's ``out_proj``) and nn.Embedding weights ~ N(0, std); Linear
     biases = 0; LayerNorm weight 1, bias 0; Conv1d gets its default reset. Other parameters (Mamba's
@@ -107,7 +107,7 @@ def bert_init_(
 
 
 def tag_no_weight_decay(module: nn.Module) -> None:
-    """Tag BertAdam's undecayed parameters (MODELS §1.7): every bias and every LayerNorm parameter.
+    """Tag BertAdam's undecayed parameters (docs/models.md §1.8): every bias and every LayerNorm parameter.
 
     Sets ``param._no_weight_decay = True``, the tag mamba-ssm uses (and ``prvr_export.nn.mamba`` already sets
     on ``A_log`` and ``D``).

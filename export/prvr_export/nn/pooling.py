@@ -1,4 +1,7 @@
-"""Attention pooling over a masked sequence: GMMFormer's "modularized" queries and frames (MODELS.md §1.6)."""
+"""Attention pooling over a masked sequence: GMMFormer's "modularized" queries and frames.
+
+See docs/models.md §1.7.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learned absolute positions, as in MS-SL / GMMFormer / MamFusion / AMDNet (MODELS.md §1.6)."""
+"""Learned absolute positions, as in MS-SL / GMMFormer / MamFusion / AMDNet (docs/models.md §1.7)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""MUSE's multi-scale feature pyramid over a frame's patch-token map (MODELS.md §6.2 step 2).
+"""MUSE's multi-scale feature pyramid over a frame's patch-token map (docs/models.md §5.2 step 1).
 
 Each scale branch resamples the ``[N, C, g, g]`` patch map (0.5: max-pool 2x2 stride 2; 1.0: identity; 2.0:
 ConvTranspose2d to C/2 channels, kernel 2, stride 2; 0.25 and 4.0 as in the upstream code) and then applies
 Conv1x1 (-> C) -> channel-LayerNorm -> GELU -> Conv3x3 (pad 1) -> channel-LayerNorm.
 
 Upstream (hrtang22/MUSE, ``modules/modeling.py``) keeps the branches in a plain Python list, so they are not
-registered: never optimised, absent from ``state_dict`` and redrawn at every rebuild (MODELS.md §10 MUSE 1).
-Here they live in an ``nn.ModuleList`` and train like every other parameter. The grid is an argument, not
-the hard-coded 7x7 of ViT-B/32 (§10 MUSE 3), so ViT-B/16's 14x14 and the demo's 2x2 work too.
+registered: never optimised, absent from ``state_dict`` and redrawn at every rebuild (docs/models.md §5.5
+item 1). Here they live in an ``nn.ModuleList`` and train like every other parameter. The grid is an
+argument, not the hard-coded 7x7 of ViT-B/32 (§5.5 item 3), so ViT-B/16's 14x14 and the demo's 2x2 work
+too.
 
 Shape comments: N images (batch x frames), C channels, g input grid side.
 """
@@ -113,7 +114,8 @@ class FeaturePyramid(nn.Module):
         self.scales = scales
         self.grids = tuple(scaled_grid(grid, s) for s in scales)  # output side of each branch
         self.tokens_per_image = sum(side * side for side in self.grids)
-        self.stages = nn.ModuleList(_branch(d_model, s) for s in scales)  # registered: §10 MUSE 1
+        # registered, unlike upstream's plain list (docs/models.md §5.5 item 1)
+        self.stages = nn.ModuleList(_branch(d_model, s) for s in scales)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(N, C, g, g) -> one (N, C, g_s, g_s) map per scale, in ``scales`` order."""

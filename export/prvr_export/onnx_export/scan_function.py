@@ -1,14 +1,14 @@
 """The selective scan in ONNX: one ``prvr::SelectiveScan`` node that carries its own portable body.
 
-DEPLOY.md §0–§2 has the measurements behind each choice:
+docs/deploy-notes.md §1–§5 has the reasons and measurements behind each choice:
 - the node has fixed arity ``(u, delta, A, B [B,G,N,L], C, D, delta_bias) -> y`` and attributes
   ``delta_softplus`` and ``plugin_namespace="prvr"`` (TensorRT prefers a registered plugin for it);
 - the model ships an ONNX *local function* of the same name and domain whose body uses standard ops
   only, so any ONNX Runtime runs the file with no custom library;
 - the body precomputes ``exp(Δ·A)`` and ``Δ·B·u`` for all steps, then runs one ``Scan`` over time whose
-  step is ``h = a_t·h + b_t; y_t = Σ_n h·C_t`` (the fastest form on ONNX Runtime CPU, §2.2);
+  step is ``h = a_t·h + b_t; y_t = Σ_n h·C_t`` (the fastest form on ONNX Runtime CPU, §2, §5);
 - the SiLU gate is not part of the node: the exporter emits it as ordinary ops after it.
-The dynamo exporter inlines local functions it creates itself (§1.1 pitfall 1), so export maps the
+The dynamo exporter inlines local functions it creates itself (§3), so export maps the
 torch op to a bare custom node (``translate_selective_scan``) and appends the function afterwards
 (``attach_selective_scan_function``).
 """

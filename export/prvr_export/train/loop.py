@@ -11,8 +11,8 @@ Per epoch (0-based index ``e``, shown 1-based in logs and files):
    model has it (MUSE, CLIP's ``logit_scale <= ln 100``). Hard negatives are the model's business: its
    loss switches at ``e >= config.hard_negative_start_epoch`` (logged when it happens).
 2. validation on the ``val`` split -- or on ``test`` when the collection ships no val captions (logged; the
-   MS-SL bundles' val and test files hold the same set anyway, MODELS §1.5) -- selecting on SumR, or R@1
-   when ``config.metric == "r1"``;
+   MS-SL bundles' val and test files hold the same set anyway, docs/models.md §1.5) -- selecting on SumR,
+   or R@1 when ``config.metric == "r1"``;
 3. a strictly better score resets the early-stopping counter and rewrites ``best.pt`` and
    ``best_metrics.json``; otherwise the counter grows and training stops once it *exceeds*
    ``config.max_es_cnt`` (the MS-SL / GMMFormer rule; -1 never stops);

@@ -1,4 +1,4 @@
-"""BertAdam, its parameter groups and its learning-rate schedules (MODELS.md §1.7, §6.3).
+"""BertAdam, its parameter groups and its learning-rate schedules (docs/models.md §1.8, §5.3).
 
 BertAdam is Adam as the BERT / CLIP4Clip code bases ship it, which every model here trains with:
 
@@ -40,7 +40,7 @@ __all__ = [
     "warmup_linear",
 ]
 
-# Upstream's rule (MODELS §1.7): no decay for parameters whose name contains one of these.
+# Upstream's rule (docs/models.md §1.8): no decay for parameters whose name contains one of these.
 NO_DECAY_NAMES = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 _CLIP_EPS = 1e-6  # the eps torch.nn.utils.clip_grad_norm_ adds to the norm
 

@@ -1,4 +1,6 @@
-"""Indexes of video embeddings: the exact on-disk index today, engine adapters later (DESIGN.md §3.4).
+"""Indexes of video embeddings: the exact on-disk index today, engine adapters later.
+
+Format: docs/architecture.md §4.
 
 * ``ExactIndex``  -- exact max-over-clips search over float16 clip matrices, memory-mapped, with atomic
   versioned saves, a writer lock, metadata filters and the winning clip's time span (``exact.py``);

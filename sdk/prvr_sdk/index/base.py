@@ -1,7 +1,7 @@
 """What every index shares: the scoring rule, the ``Index`` protocol, and the checks on embeddings.
 
-The scoring rule comes from the bundle manifest (DESIGN.md §3.3) and says how a query vector ``q`` and a
-video's stored vectors make one score (all vectors unit length, so dot products are cosines):
+The scoring rule comes from the bundle manifest (docs/architecture.md §3) and says how a query vector ``q``
+and a video's stored vectors make one score (all vectors unit length, so dot products are cosines):
 
 * ``"max_clip"`` -- ``clip_weight * max_c q.clip_c`` (AMDNet; ``clip_weight`` defaults to 1);
 * ``"weighted"`` -- ``clip_weight * max_c q.clip_c + frame_weight * q.video`` (GMMFormer / MamFusion:

@@ -1,4 +1,4 @@
-"""``ExactIndex``: exact PRVR search over memory-mapped clip embeddings (DESIGN.md §3.4).
+"""``ExactIndex``: exact PRVR search over memory-mapped clip embeddings (docs/architecture.md §4).
 
 Every video is a run of unit clip vectors (and, for some models, one video vector). They are stored
 once, as float16 rows of one matrix per segment, with ``offsets`` marking where each video's clips

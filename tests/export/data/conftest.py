@@ -1,4 +1,5 @@
-"""Tiny collections written in exactly the real layouts (MODELS.md §1.1), independent of the code under test.
+"""Tiny collections written in exactly the real layouts (docs/models.md §1.1), independent of the code
+under test.
 
 The writers here use only numpy, h5py and plain file writes, so a reader bug cannot hide behind a matching
 writer bug.

@@ -44,7 +44,7 @@ def make_batch(num_videos=3, queries_per_video=2, seed=1) -> dict:
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
-    """Row normalisation with the SDK's convention, x / (||x|| + 1e-5) (MODELS.md §1.3)."""
+    """Row normalisation with the SDK's convention, x / (||x|| + 1e-5) (docs/models.md §1.3)."""
     return x / (x.norm(dim=-1, keepdim=True) + 1e-5)
 
 
@@ -52,7 +52,7 @@ def trainable(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-# ------------------------------------------------------------------ parameter counts (MODELS.md §8)
+# ------------------------------------------------------------------ parameter counts (docs/models.md §6)
 @pytest.mark.parametrize(
     ("dataset", "total"), [("tvr", 1.78e6), ("activitynet", 0.89e6), ("charades", 0.89e6)]
 )

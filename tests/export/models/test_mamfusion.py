@@ -61,7 +61,7 @@ def video_inputs(batch: dict) -> dict:
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
-    """Row normalisation with the SDK's convention, x / (||x|| + 1e-5) (MODELS.md §1.3)."""
+    """Row normalisation with the SDK's convention, x / (||x|| + 1e-5) (docs/models.md §1.3)."""
     return x / (x.norm(dim=-1, keepdim=True) + 1e-5)
 
 
@@ -69,9 +69,10 @@ def trainable(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-# ------------------------------------------------------------------ parameter counts (MODELS.md §8)
-# (dataset, total in §8, inference path = total - 2 fusion modules of 0.59 M MHA + 0.094 M dead Conv2d).
-# TVR's inference path is §8's breakdown: 13.14 M GMMFormer-style core + 3.86 M Mamba = 17.00 M.
+# ------------------------------------------------------------------ parameter counts (docs/models.md §6)
+# (dataset, reference total in §6, inference path = total - 2 fusion modules of 0.59 M MHA + 0.094 M
+# dead Conv2d).
+# TVR's inference path is §6's breakdown: 13.14 M GMMFormer-style core + 3.86 M Mamba = 17.00 M.
 PAPER_COUNTS = [("tvr", 18.37e6, 17.00e6), ("activitynet", 16.69e6, 15.32e6), ("charades", 17.28e6, 15.91e6)]
 
 
@@ -79,8 +80,8 @@ PAPER_COUNTS = [("tvr", 18.37e6, 17.00e6), ("activitynet", 16.69e6, 15.32e6), ("
 def test_parameter_counts_match_models_md(dataset, total, inference):
     model = registry.create_model("mamfusion", dataset)
     fusion = trainable(model.v2t_fusion) + trainable(model.t2v_fusion)
-    # The dead Conv2d is dropped by default (config fusion_dead_conv = false), so the expected total is §8's
-    # figure minus its 2 x 94,080 parameters; with the flag on, §8's figure itself.
+    # The dead Conv2d is dropped by default (config fusion_dead_conv = false), so the expected total is §6's
+    # figure minus its 2 x 94,080 parameters; with the flag on, §6's figure itself.
     assert trainable(model) == pytest.approx(total - 2 * DEAD_CONV, rel=0.01)
     assert trainable(model) - fusion == pytest.approx(inference, rel=0.01)
     faithful = registry.create_model("mamfusion", dataset, overrides={"fusion_dead_conv": True})

@@ -1,4 +1,4 @@
-"""Tests for prvr_export/models/muse.py and prvr_export/nn/pyramid.py (MODELS.md §6, §8, §10 MUSE).
+"""Tests for prvr_export/models/muse.py and prvr_export/nn/pyramid.py (docs/models.md §5, §6).
 
 Everything except the parameter count runs at toy sizes (C = 16, a 2x2 patch grid): the BiMamba scan over the
 paper's 3,060-token sequence is slow on a CPU.
@@ -55,7 +55,7 @@ def _patches(batch: int, frames: int, grid: int = 2, c: int = 16, seed: int = 1)
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameter counts (MODELS.md §8): 4.69 M registered ResMamba blocks + 8.27 M pyramid convs at C = 512.
+# Parameter counts (docs/models.md §6): 4.69 M registered ResMamba blocks + 8.27 M pyramid convs at C = 512.
 
 
 def _bimamba_params(c: int, expand: int, d_state: int, d_conv: int) -> int:
@@ -85,8 +85,8 @@ def test_paper_config_parameter_count_matches_models_md():
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     c = 512
     block = 2 * c + _bimamba_params(c, expand=1, d_state=16, d_conv=4) + c * c + c  # LN + BiMamba + Linear
-    assert _bimamba_params(512, 1, 16, 4) == 908_288  # MODELS.md §8 per-block figure
-    # Analytic pyramid: 2,624,512 (0.5) + 2,624,512 (1.0) + 3,017,984 (2.0) = 8,267,008 = MODELS' 8.27 M.
+    assert _bimamba_params(512, 1, 16, 4) == 908_288  # docs/models.md §6 per-block figure
+    # Analytic pyramid: 2,624,512 (0.5) + 2,624,512 (1.0) + 3,017,984 (2.0) = 8,267,008 = §6's 8.27 M.
     assert _pyramid_params(c) == 8_267_008
     assert count(model.pyramid) == _pyramid_params(c)
     assert count(model.mamba_blocks) == 4 * block == 4_687_872
@@ -102,7 +102,8 @@ def test_paper_config_parameter_count_matches_models_md():
 
 
 def test_pyramid_is_registered_and_saved():
-    # §10 MUSE 1: upstream's branches sit in a plain list; here they are in state_dict and named_parameters.
+    # docs/models.md §5.5 item 1: upstream's branches sit in a plain list; here they are in state_dict and
+    # named_parameters.
     model = _toy(perturb=False)
     keys = model.state_dict().keys()
     assert any(k.startswith("pyramid.stages.2.0.") for k in keys)  # the 2.0 branch's ConvTranspose2d
@@ -347,7 +348,8 @@ def test_backward_reaches_every_parameter():
     loss.backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert dead == []
-    assert any(n.startswith("pyramid.") for n, _ in model.named_parameters())  # the §10 MUSE 1 fix
+    # the fix of docs/models.md §5.5 item 1
+    assert any(n.startswith("pyramid.") for n, _ in model.named_parameters())
 
 
 def test_text_projection_only_when_widths_differ():

@@ -103,8 +103,8 @@ def test_derived_sizes():
 @pytest.mark.parametrize(
     ("cls", "kwargs", "count"),
     [
-        (Mamba, {"d_model": 384, "expand": 2}, 963_840),  # MamFusion's block, MODELS.md §8
-        (BiMamba, {"d_model": 512, "expand": 1}, 908_288),  # MUSE's block, MODELS.md §8
+        (Mamba, {"d_model": 384, "expand": 2}, 963_840),  # MamFusion's block, docs/models.md §6
+        (BiMamba, {"d_model": 512, "expand": 1}, 908_288),  # MUSE's block, docs/models.md §6
     ],
 )
 def test_parameter_count(cls, kwargs, count):

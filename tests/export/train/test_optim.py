@@ -20,7 +20,7 @@ from prvr_sdk.errors import InvalidInputError
 
 
 def _bert_adam_by_hand(theta, grads, lr, b1, b2, eps, wd, clip=1.0):
-    """MODELS §1.7 written out in plain Python floats, one element at a time."""
+    """docs/models.md §1.8 written out in plain Python floats, one element at a time."""
     theta = list(theta)
     m = [0.0] * len(theta)
     v = [0.0] * len(theta)
@@ -115,7 +115,7 @@ def test_warmup_cosine(x: float, expected: float) -> None:
 
 
 def test_warmup_cosine_peak_is_not_renormalised() -> None:
-    assert warmup_cosine(0.1, 0.1) == pytest.approx(0.9755, abs=1e-4)  # MODELS §6.3: peak ~0.976
+    assert warmup_cosine(0.1, 0.1) == pytest.approx(0.9755, abs=1e-4)  # docs/models.md §1.8: peak ~0.976
 
 
 def test_scheduler_scales_each_group_and_the_first_update_uses_f0() -> None:

@@ -1,4 +1,4 @@
-"""The index is runtime code: importing and using it must not load torch (DESIGN.md §2)."""
+"""The index is runtime code: importing and using it must not load torch (docs/architecture.md §1)."""
 
 from __future__ import annotations
 
