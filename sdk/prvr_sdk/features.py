@@ -37,10 +37,12 @@ from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
 
 __all__ = [
     "L2_EPS",
+    "anchor_spans",
     "clip_bounds",
     "l2_normalize",
     "pool_clips",
     "sample_frames",
+    "uniform_clip_spans",
     "uniform_frame_indices",
     "validate_frames",
 ]
@@ -87,6 +89,38 @@ def clip_bounds(num_frames: int, num_clips: int = 32) -> np.ndarray:
     start = b[:-1]
     end = np.maximum(b[1:], start + 1)  # b_i >= b_{i+1} means "row b_i alone"
     return np.stack([start, end], axis=1)
+
+
+def uniform_clip_spans(frame_times: np.ndarray, num_clips: int) -> np.ndarray:
+    """Seconds ``[num_clips, 2]`` covered by each uniform clip of a video.
+
+    Args:
+        frame_times: ``[Nf + 1]`` seconds: the start of every frame row and the end of the last one
+            (``arange(Nf + 1) / fps`` for a constant rate; NaN where unknown).
+        num_clips: ``Nc``.
+
+    The one rule for "which stretch of the video does clip ``i`` cover", used by training-time evaluation,
+    ``prvr eval --bundle`` and the Retriever alike (``clip_bounds`` rows, mapped through the frame times).
+    """
+    times = np.asarray(frame_times, dtype=np.float64)
+    if times.ndim != 1 or len(times) < 2:
+        raise ShapeMismatchError(f"frame_times: expected [num_frames + 1] seconds, got shape {times.shape}")
+    return times[clip_bounds(len(times) - 1, num_clips)]
+
+
+def anchor_spans(anchors: np.ndarray, duration: float) -> np.ndarray:
+    """Seconds ``[K, 2]`` of learned moments given as ``[K, 2]`` (centre, width) fractions of the video.
+
+    AMDNet's moments are Gaussians over the clip axis; a moment covers ``centre ± width / 2`` of the
+    video's duration, clipped to the video.
+    """
+    anchors = np.asarray(anchors, dtype=np.float64)
+    if anchors.ndim != 2 or anchors.shape[1] != 2:
+        raise ShapeMismatchError(f"anchors: expected [K, 2] (centre, width), got shape {anchors.shape}")
+    centre, width = anchors[:, 0], np.abs(anchors[:, 1])
+    start = np.clip(centre - width / 2, 0.0, 1.0) * duration
+    end = np.clip(centre + width / 2, 0.0, 1.0) * duration
+    return np.stack([start, np.maximum(start, end)], axis=1)
 
 
 def _mean_pool(frames: np.ndarray, bounds: np.ndarray) -> np.ndarray:

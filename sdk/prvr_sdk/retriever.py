@@ -28,18 +28,18 @@ from prvr_sdk import scoring
 from prvr_sdk.backends import Choice, Session, choose, open_session
 from prvr_sdk.embeddings import VideoEmbeddings
 from prvr_sdk.errors import BundleError, IndexMismatchError, InvalidInputError, ShapeMismatchError
-from prvr_sdk.features import clip_bounds, validate_frames
+from prvr_sdk.features import anchor_spans, uniform_clip_spans, validate_frames
 from prvr_sdk.hits import Hit
 from prvr_sdk.index import ExactIndex, ScoringRule
 from prvr_sdk.inputs import TextSpec, VideoSpec, pad_queries, pad_videos, prepare_query, prepare_video
 from prvr_sdk.progress import progress
+from prvr_sdk.serving import ServingSpec
 
 __all__ = ["PRECISIONS", "Retriever"]
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-_CLIP_OUTPUTS = ("clip_emb", "moment_emb")  # vectors a video is scored by, one per clip / moment
 _SORT_WINDOW = 8  # batches' worth of videos sorted by length before batching (bounded memory)
 
 
@@ -63,6 +63,7 @@ class Retriever:
         choice: backend, device and the reason they were picked.
         precision: "fp32", "fp16" or "int8".
         dim: embedding size ``D``.
+        spec: the model's ``ServingSpec`` (graphs, outputs, what a clip means in time, headline metrics).
         scoring: the model's ``ScoringRule`` (how a query and a video's vectors make a score).
         index: the attached index (``add``, ``load_index``), or ``None``.
         fps: frame features per second assumed when ``encode_video`` gets neither ``fps`` nor timestamps
@@ -85,17 +86,15 @@ class Retriever:
         self._text = text_session
         self._frontend = frontend
         m = bundle.manifest
+        self.spec = ServingSpec.from_manifest(m, where=f"bundle {bundle.path}")
         self.video_spec = VideoSpec.from_manifest(m)
         self.text_spec = TextSpec.from_manifest(m)
-        self.scoring = ScoringRule.parse(m["scoring"])
-        self.video_outputs: tuple[str, ...] = tuple(m["outputs"]["video_encoder"])
+        self.scoring = ScoringRule.parse(self.spec.scoring)
+        self.video_outputs: tuple[str, ...] = self.spec.video.outputs
         self.fps: float | None = m["video_input"].get("fps")
         self.index: ExactIndex | None = None
         self._warned_fps = False
-        spec = self.text_spec
-        zeros = np.zeros((1, spec.dim) if spec.kind == "tokens" else spec.dim, dtype=np.float32)
-        probe = self.encode_text(zeros, show_progress=False)  # the embedding size, from the graph itself
-        self.dim = int(probe.shape[-1])
+        self.dim: int = int(self.spec.dim)  # type: ignore[arg-type]  # from_manifest requires it
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -321,27 +320,27 @@ class Retriever:
     ) -> VideoEmbeddings:
         feeds = pad_videos([prepare_video(frames, self.video_spec) for _, frames, _ in batch])
         out = self._video.run({name: feeds[name] for name in self._video.input_names}, self.video_outputs)
-        clip_key = next((k for k in _CLIP_OUTPUTS if k in out), None)
+        spec = self.spec
         ids = [vid for vid, _, _ in batch]
         num_frames = np.array([len(frames) for _, frames, _ in batch], dtype=np.int64)
         times = [self._frame_times(len(frames), ts, fps) for _, frames, ts in batch]
         durations = np.array([t[-1] for t in times], dtype=np.float64)
         clip_emb = spans = None
         counts = np.zeros(len(batch), dtype=np.int64)
-        if clip_key is not None:
-            vectors = out[clip_key].astype(np.float32, copy=False)  # [B, Nc, D]
+        if spec.clip_output is not None:
+            vectors = out[spec.clip_output].astype(np.float32, copy=False)  # [B, Nc, D]
             counts[:] = vectors.shape[1]
             clip_emb = vectors.reshape(-1, vectors.shape[-1])
-            if "moment_anchor" in out:  # AMDNet moments: (centre, width) as fractions of the video
+            if spec.clip_time == "anchors":  # learned moments: (centre, width) as fractions of the video
                 spans = np.concatenate([
-                    _anchor_spans(anchor, duration)
-                    for anchor, duration in zip(out["moment_anchor"], durations, strict=True)
+                    anchor_spans(anchor, duration)
+                    for anchor, duration in zip(out[spec.anchor_output], durations, strict=True)
                 ])
             else:
-                spans = np.concatenate([
-                    t[clip_bounds(n, vectors.shape[1])] for n, t in zip(num_frames, times, strict=True)
-                ])
-        video_emb = out["video_emb"].astype(np.float32, copy=False) if "video_emb" in out else None
+                spans = np.concatenate([uniform_clip_spans(t, vectors.shape[1]) for t in times])
+        video_emb = None
+        if spec.video_output is not None:
+            video_emb = out[spec.video_output].astype(np.float32, copy=False)
         return VideoEmbeddings(
             ids=ids,
             clip_emb=clip_emb,
@@ -601,10 +600,3 @@ class Retriever:
             emb = self.encode_text(query)
         return self.index.search(emb, top_k=top_k, filter=filter, group_by=group_by, min_score=min_score)
 
-
-def _anchor_spans(anchor: np.ndarray, duration: float) -> np.ndarray:
-    """AMDNet moment anchors ``[K, 2]`` (centre, width as fractions) -> ``[K, 2]`` seconds in the video."""
-    centre, width = anchor[:, 0].astype(np.float64), np.abs(anchor[:, 1].astype(np.float64))
-    start = np.clip(centre - width / 2, 0.0, 1.0) * duration
-    end = np.clip(centre + width / 2, 0.0, 1.0) * duration
-    return np.stack([start, np.maximum(start, end)], axis=1)

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.serving import HEADLINE_KEYS, GraphSpec, ServingSpec, text_graph
 
 from .. import losses
 from ..nn.attention import BertAttention, moment_masks
@@ -174,6 +175,24 @@ class AMDNet(nn.Module):
         if self.config.score_mode == "clips":
             return {"clip_emb": parts["enhanced"]}
         return {"moment_emb": parts["moments"], "moment_anchor": parts["anchors"]}
+
+    def serving_spec(self) -> ServingSpec:
+        """Clips mode: the 32 enhanced clips, uniform in time. Moments mode: the K moment vectors, each
+        spanning its learned anchor (``moment_anchor``: centre, width as fractions of the video)."""
+        c = self.config
+        moments = c.score_mode == "moments"
+        outputs = ("moment_emb", "moment_anchor") if moments else ("clip_emb",)
+        return ServingSpec(
+            video=GraphSpec({"clips": ("batch", c.num_clips, c.video_feat_dim)}, outputs),
+            text=text_graph(c.query_type, c.query_feat_dim),
+            dim=c.d_model,
+            scoring={"kind": "max_clip"},
+            clip_output=outputs[0],
+            clip_count=self.n_moments if moments else c.num_clips,
+            clip_time="anchors" if moments else "uniform",
+            anchor_output="moment_anchor" if moments else None,
+            headline=HEADLINE_KEYS[c.metric],
+        )
 
     # ------------------------------------------------------------------ scoring
     def _score_tokens(self, video: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.serving import HEADLINE_KEYS, GraphSpec, ServingSpec, text_graph
 
 from .. import losses
 from ..nn.attention import LENGTH_MODES, BertAttention, GMMBlock
@@ -244,6 +245,30 @@ class MamFusion(nn.Module):
         for gmm, mamba in zip(self.frame_encoder, self.frame_mamba, strict=True):
             y = mamba(gmm(y, frame_mask))  # causal scan: valid steps never see the right padding
         return {"clip_emb": x, "video_emb": self.frame_pool(y, frame_mask)}
+
+    def serving_spec(self) -> ServingSpec:
+        """Clip vectors (uniform in time) and one pooled video vector, scored 0.7 / 0.3 (configurable)."""
+        c = self.config
+        video = GraphSpec(
+            {
+                "clips": ("batch", c.num_clips, c.video_feat_dim),
+                "frames": ("batch", "frames", c.video_feat_dim),
+                "frame_mask": ("batch", "frames"),
+            },
+            ("clip_emb", "video_emb"),
+        )
+        return ServingSpec(
+            video=video,
+            text=text_graph(c.query_type, c.query_feat_dim),
+            dim=c.d_model,
+            scoring={"kind": "weighted", "clip_weight": float(c.clip_scale_w),
+                     "frame_weight": float(c.frame_scale_w)},
+            clip_output="clip_emb",
+            video_output="video_emb",
+            clip_count=c.num_clips,
+            clip_time="uniform",
+            headline=HEADLINE_KEYS[c.metric],
+        )
 
     # ------------------------------------------------------------------ scoring
     def score(

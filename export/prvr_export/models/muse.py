@@ -63,6 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.serving import HEADLINE_KEYS, GraphSpec, ServingSpec, text_graph
 
 from ..losses import clip_nce
 from ..nn.mamba import BiMamba
@@ -326,6 +327,24 @@ class Muse(nn.Module):
             m = (frame_mask > 0.5).to(feats.dtype)[..., None]  # (B T 1)
             pooled = (feats * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)  # (B C)
         return {"video_emb": F.normalize(pooled, dim=-1)}
+
+    def serving_spec(self) -> ServingSpec:
+        """One vector per video (no clips, so no moments); reports follow the text-video protocol
+        (R@1/5/10, MdR, MnR) whatever metric selects its epochs."""
+        c = self.config
+        tokens = 1 + int(c.patch_grid) ** 2
+        video = GraphSpec(
+            {"patches": ("batch", "frames", tokens, c.video_feat_dim), "frame_mask": ("batch", "frames")},
+            ("video_emb",),
+        )
+        return ServingSpec(
+            video=video,
+            text=text_graph(c.query_type, c.query_feat_dim),
+            dim=c.video_feat_dim,
+            scoring={"kind": "video"},
+            video_output="video_emb",
+            headline=HEADLINE_KEYS["r1"],
+        )
 
     # ------------------------------------------------------------------------------------------
     # Text path, score, loss.

