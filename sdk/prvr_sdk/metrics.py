@@ -12,7 +12,9 @@ scores from a trained model exact ties are rare, so the numbers match upstream's
 * ``R@K = 100 * mean(rank <= K)`` (percent); ``SumR = R@1 + R@5 + R@10 + R@100``;
 * ``MdR`` / ``MnR`` = median / mean of the 1-based ranks, which is CLIP4Clip's ``median(r) + 1`` and
   ``mean(r) + 1`` on its 0-based ``r`` (the median of an even count averages the two middle ranks, as
-  ``np.median`` does there).
+  ``np.median`` does there);
+* ``mAP`` = text-to-video mean average precision, in percent. Each query has exactly one relevant video,
+  so its average precision is ``1 / rank`` and ``mAP = 100 * mean(1 / rank)`` (MS-SL reports it so).
 
 Moment metrics compare predicted ``[start, end]`` spans with ground-truth spans (one pair per query):
 ``mIoU`` = mean temporal IoU and ``R@1,IoU>=t`` = share of queries whose top span has IoU >= t, both in
@@ -29,6 +31,7 @@ from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
 
 __all__ = [
     "PRVR_KS",
+    "mean_average_precision",
     "mean_rank",
     "median_rank",
     "moment_metrics",
@@ -112,15 +115,20 @@ def mean_rank(ranks: np.ndarray) -> float:
     return float(np.mean(_check_ranks(ranks)))
 
 
+def mean_average_precision(ranks: np.ndarray) -> float:
+    """t2v mAP in percent with one relevant video per query: ``100 * mean(1 / rank)``."""
+    return float(100.0 * np.mean(1.0 / _check_ranks(ranks)))
+
+
 def prvr_metrics(scores: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """The PRVR report for a score matrix: ``R@1, R@5, R@10, R@100, SumR`` (percent) and ``MdR, MnR``.
+    """The PRVR report for a score matrix: ``R@1, R@5, R@10, R@100, SumR``, ``MdR, MnR`` and ``mAP``.
 
     Args:
         scores: ``r(Nq Nv)`` query-to-video scores.
         gt: int ``[Nq]`` ground-truth video column of each query.
 
     Returns:
-        ``{"R@1", "R@5", "R@10", "R@100", "SumR", "MdR", "MnR"}`` as Python floats.
+        ``{"R@1", "R@5", "R@10", "R@100", "SumR", "MdR", "MnR", "mAP"}`` as Python floats.
 
     Raises:
         As ``ranks``; also ShapeMismatchError for zero queries.
@@ -130,6 +138,7 @@ def prvr_metrics(scores: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     out["SumR"] = sum_r(out)
     out["MdR"] = median_rank(r)
     out["MnR"] = mean_rank(r)
+    out["mAP"] = mean_average_precision(r)
     return out
 
 

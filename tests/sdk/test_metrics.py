@@ -79,7 +79,7 @@ def test_prvr_metrics_hand_worked():
     scores = np.array([[0.9, 0.1, 0.0], [0.8, 0.7, 0.1], [0.3, 0.2, 0.1], [0.0, 0.5, 0.5]])
     gt = np.array([0, 1, 2, 2])  # ranks 1, 2, 3, 2 (tie with column 1 counts against)
     m = prvr_metrics(scores, gt)
-    assert m == {
+    assert m == pytest.approx({
         "R@1": 25.0,
         "R@5": 100.0,
         "R@10": 100.0,
@@ -87,7 +87,8 @@ def test_prvr_metrics_hand_worked():
         "SumR": 325.0,
         "MdR": 2.0,
         "MnR": 2.0,
-    }
+        "mAP": 100 * (1 / 1 + 1 / 2 + 1 / 3 + 1 / 2) / 4,  # one relevant video: AP = 1 / rank
+    }, rel=1e-12)
     assert all(type(v) is float for v in m.values())
 
 
@@ -212,3 +213,16 @@ def test_moment_metrics_hand_worked():
     assert m["R@1,IoU>=0.3"] == 75.0 and m["R@1,IoU>=0.7"] == 25.0
     with pytest.raises(ShapeMismatchError, match="at least one span"):
         moment_metrics(np.zeros((0, 2)), np.zeros((0, 2)))
+
+
+def test_map_matches_scikit_learn_average_precision():
+    """Oracle: scikit-learn's average precision per query (one positive each), on tie-free scores."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(7)
+    scores = rng.standard_normal((40, 25)) + 2.0 * np.eye(40, 25)
+    gt = np.arange(40) % 25
+    labels = np.zeros_like(scores, dtype=int)
+    labels[np.arange(40), gt] = 1
+    per_query = [metrics.average_precision_score(y, s) for y, s in zip(labels, scores, strict=True)]
+    expected = 100 * np.mean(per_query)
+    assert prvr_metrics(scores, gt)["mAP"] == pytest.approx(expected, rel=1e-12)

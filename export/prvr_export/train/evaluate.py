@@ -1,17 +1,12 @@
-"""Retrieval evaluation of a model on one split (docs/models.md §1.5, §5.4), and loading a trained checkpoint.
+"""Retrieval evaluation of a torch model on one split (docs/models.md §1.5, §5.4), and loading checkpoints.
 
-``evaluate`` follows the PRVR protocol: every video of the split is encoded once, in batches of
-``config.eval_video_batch``; queries are encoded in batches of ``config.eval_query_batch`` and scored
-against all videos with ``model.score``; each query's ground truth is its caption's video. Ranks, R@K and
-SumR come from ``prvr_sdk.metrics`` -- the numpy code the runtime SDK reports with -- so training-time
-validation and ``prvr eval`` agree with the SDK by construction. Ties rank pessimistically there (a
-query whose GT ties with another video gets the worse rank); upstream's argsort order is unspecified.
-
-Moment localisation (when the split's captions carry ``[start, end]`` spans and the model returns the
-winning clip): the best clip of the query against its **ground-truth** video is turned into seconds with
-``prvr_sdk.features.clip_bounds(num_frames, num_clips)`` (the frame rows of that clip, end exclusive)
-divided by the feature rate (rows per second, from the collection's metadata), and compared with the true
-span: mean IoU and R@1 at IoU >= 0.5 (``prvr_sdk.metrics.moment_metrics``).
+``evaluate`` only *encodes* with torch: every video of the split once, in batches of
+``config.eval_video_batch``; queries in batches of ``config.eval_query_batch``, scored against all videos
+with ``model.score``. The metrics -- ranks, R@K, SumR, MdR, MnR, mAP, and moment localisation from the
+winning clip in the ground-truth video -- come from ``prvr_sdk.evaluation.evaluate_scores``, the torch-free
+protocol ``prvr eval --bundle`` runs too, with clip times from the model's ``ServingSpec`` (uniform clips
+or learned anchors). So training-time validation, ``prvr eval --checkpoint`` and ``prvr eval --bundle``
+agree by construction. ``evaluate_bundle`` lives in ``prvr_sdk.evaluation`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -27,6 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.evaluation import evaluate_bundle, evaluate_scores
+from prvr_sdk.features import anchor_spans, uniform_clip_spans
+from prvr_sdk.serving import HEADLINE_KEYS
 
 from .checkpoint import read_checkpoint
 
@@ -43,11 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# What each selection metric reports first (docs/models.md §1.5 for PRVR, §5.4 for MUSE).
-HEADLINE_KEYS = {
-    "sumr": ("R@1", "R@5", "R@10", "R@100", "SumR"),
-    "r1": ("R@1", "R@5", "R@10", "MdR", "MnR"),
-}
 _SELECTION = {"sumr": "SumR", "r1": "R@1"}
 
 
@@ -59,14 +52,9 @@ def selection_key(config: Any) -> str:
     return _SELECTION[metric]
 
 
-def headline(config: Any) -> tuple[str, ...]:
-    """The metric names ``prvr eval`` shows: MUSE reports the text-video protocol (docs/models.md §5.4,
-    R@1/5/10, MdR, MnR) whatever metric selects its epochs; PRVR models follow ``config.metric``."""
-    from prvr_export.models.muse import MuseConfig
-
-    if isinstance(config, MuseConfig):
-        return HEADLINE_KEYS["r1"]
-    return HEADLINE_KEYS[getattr(config, "metric", "sumr")]
+def headline(model: nn.Module) -> tuple[str, ...]:
+    """The metric names ``prvr eval`` shows first: the model's own (``serving_spec().headline``)."""
+    return tuple(model.serving_spec().headline)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -117,47 +105,23 @@ def encode_videos(
     return merged
 
 
-def _timing(data: Any, video_id: str) -> tuple[int, float] | None:
-    """(feature rows, rows per second) of a video, from the data object or its metadata; None if unknown."""
-    num_frames = data.num_frames(video_id) if hasattr(data, "num_frames") else None
-    meta = getattr(data, "meta", {}) or {}
-    entry = meta.get("videos", {}).get(video_id) or {}
-    fps = entry.get("fps", meta.get("fps"))
-    if num_frames is None:
-        num_frames = entry.get("num_frames")
-        if num_frames is None and fps is not None and entry.get("duration") is not None:
-            num_frames = int(round(float(entry["duration"]) * float(fps)))
-    if num_frames is None or fps is None or float(fps) <= 0 or int(num_frames) < 1:
+def _clip_spans(model: nn.Module, data: Any, video_ids: list[str], video_out: dict[str, torch.Tensor]):
+    """``column -> [Nc, 2]`` seconds of each video's clips, by the model's spec; None when unknown."""
+    spec = model.serving_spec()
+    if spec.clip_output is None:
         return None
-    return int(num_frames), float(fps)
 
+    def spans(column: int) -> np.ndarray | None:
+        timing = data.timing(video_ids[column]) if hasattr(data, "timing") else None
+        if timing is None:
+            return None
+        num_frames, fps = timing
+        if spec.clip_time == "anchors":
+            anchors = video_out[spec.anchor_output][column].float().cpu().numpy()
+            return anchor_spans(anchors, num_frames / fps)
+        return uniform_clip_spans(np.arange(num_frames + 1, dtype=np.float64) / fps, spec.clip_count)
 
-def _moment_metrics(
-    data: Any, video_ids: list[str], gt: np.ndarray, spans: list, best_clip: np.ndarray, num_clips: int
-) -> dict[str, float]:
-    from prvr_sdk.features import clip_bounds
-    from prvr_sdk.metrics import moment_metrics
-
-    pred, true = [], []
-    bounds_cache: dict[str, np.ndarray | None] = {}
-    for q, span in enumerate(spans):
-        if span is None:
-            continue
-        video_id = video_ids[gt[q]]
-        if video_id not in bounds_cache:
-            timing = _timing(data, video_id)
-            bounds_cache[video_id] = (
-                None if timing is None else clip_bounds(timing[0], num_clips).astype(np.float64) / timing[1]
-            )
-        seconds = bounds_cache[video_id]
-        if seconds is None:
-            continue
-        pred.append(seconds[best_clip[q]])
-        true.append(span)
-    if not pred:
-        return {}
-    result = moment_metrics(np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64))
-    return {**{k: float(v) for k, v in result.items()}, "moment_queries": len(pred)}
+    return spans
 
 
 @torch.no_grad()
@@ -180,13 +144,12 @@ def evaluate(
         device: where to run; default the model's device.
         progress: optional ``progress(stage, done, total)`` callback (stage "videos" or "queries").
     Returns:
-        ``{"R@1", "R@5", "R@10", "R@100", "SumR", "MdR", "MnR", "queries", "videos"}`` (percent for R@K), plus
-        ``"mIoU"``, ``"R@1,IoU>=0.5"``, ``"moment_queries"`` when spans and winning clips are available.
+        ``prvr_sdk.evaluation.evaluate_scores``' metrics: ``R@1 R@5 R@10 R@100 SumR MdR MnR mAP queries
+        videos``, plus ``mIoU``, ``R@1,IoU>=0.5``, ``moment_queries`` when spans and winning clips exist.
     Raises:
         InvalidInputError: the split has no queries or no videos; data errors name the file.
     """
     from prvr_export.data import collate_queries, collate_videos
-    from prvr_sdk.metrics import prvr_metrics
 
     if device is None:
         param = next(model.parameters(), None)
@@ -234,23 +197,16 @@ def evaluate(
         model.train(was_training)
     score_matrix = torch.cat(scores).numpy()
     gt_all = torch.cat(gts).numpy().astype(np.int64)
-    if not np.isfinite(score_matrix).all():
-        bad = int((~np.isfinite(score_matrix)).any(axis=1).sum())
-        raise InvalidInputError(
-            f"evaluation on {split!r}: {bad} of {len(score_matrix)} queries have NaN/Inf scores "
-            "(NaN in the features, or the model diverged)"
+    try:
+        return evaluate_scores(
+            score_matrix,
+            gt_all,
+            best_clip=torch.cat(winners).numpy() if any_best else None,
+            clip_spans=_clip_spans(model, data, videos.video_ids, video_out),
+            true_spans=spans,
         )
-    metrics = {k: float(v) for k, v in prvr_metrics(score_matrix, gt_all).items()}
-    metrics["queries"] = len(gt_all)
-    metrics["videos"] = len(videos)
-    if any_best and any(span is not None for span in spans):
-        best_clip = torch.cat(winners).numpy()
-        metrics.update(
-            _moment_metrics(
-                data, videos.video_ids, gt_all, spans, best_clip, int(getattr(config, "num_clips", 32))
-            )
-        )
-    return metrics
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"evaluation on {split!r}: {exc}") from None
 
 
 def evaluate_checkpoint(
@@ -300,7 +256,7 @@ def evaluate_checkpoint(
         "split": split,
         "checkpoint": path,
         "epoch": int(payload.get("epoch", 0)),
-        "headline": list(headline(config)),
+        "headline": list(headline(model)),
         **metrics,
     }
 
@@ -340,83 +296,3 @@ def config_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") 
         return resolve_config(payload["model_name"], payload["dataset"], saved)
     except InvalidInputError as exc:
         raise InvalidInputError(f"{source}: saved config no longer fits the registry ({exc})") from None
-
-
-def evaluate_bundle(
-    bundle: str | os.PathLike,
-    data_root: str | os.PathLike,
-    split: str = "test",
-    *,
-    dataset: str | None = None,
-    text: str = "features",
-    backend: str = "auto",
-    device: str = "auto",
-    trusted_keys: list | None = None,
-) -> dict[str, Any]:
-    """``evaluate``'s protocol run through an exported bundle with the runtime ``Retriever`` (no torch).
-
-    Videos go in as stored raw features (the Retriever pools them) and queries as stored features
-    (``text="features"``, so the numbers match ``evaluate_checkpoint`` to float tolerance) or as caption
-    strings through the bundle's text front end (``text="strings"``: the whole serving path). Metrics come
-    from the same ``prvr_sdk.metrics`` code.
-
-    Returns:
-        The keys of ``evaluate_checkpoint``, with ``bundle``, ``backend`` and ``text`` for ``checkpoint``.
-    Raises:
-        InvalidInputError: unknown ``text`` mode, empty split, or strings for a bundle without a front end.
-    """
-    from types import SimpleNamespace
-
-    from prvr_export.data import open_dataset
-    from prvr_sdk import Retriever
-    from prvr_sdk.metrics import moment_metrics, prvr_metrics
-
-    if text not in ("features", "strings"):
-        raise InvalidInputError(f"text: expected 'features' or 'strings', got {text!r}")
-    retriever = Retriever.from_bundle(bundle, backend=backend, device=device, trusted_keys=trusted_keys)
-    manifest = retriever.manifest
-    config = SimpleNamespace(**manifest["model"]["config"])
-    dataset = dataset or manifest["model"]["dataset"]
-    data = open_dataset(dataset, data_root, config, cache=False)
-    video_ids, captions = data.video_ids(split), data.captions(split)
-    if not video_ids or not captions:
-        raise InvalidInputError(
-            f"split {split!r} of {data!r} has {len(video_ids)} videos and {len(captions)} queries"
-        )
-    rates = {(_timing(data, vid) or (None, None))[1] for vid in video_ids} - {None}
-    if len(rates) > 1:
-        raise InvalidInputError(f"{data!r}: videos of {split!r} have different feature rates {sorted(rates)}")
-    videos = retriever.encode_video(
-        ((vid, data.raw_video(vid)) for vid in video_ids), fps=rates.pop() if rates else None
-    )
-    if text == "strings":
-        queries = retriever.encode_text([c.text for c in captions])
-    else:
-        queries = retriever.encode_text([data.raw_query(c.cap_id) for c in captions])
-    scores, best = retriever.score(queries, videos)
-    position = {vid: i for i, vid in enumerate(video_ids)}
-    gt = np.array([position[c.video_id] for c in captions], dtype=np.int64)
-    metrics: dict[str, Any] = {k: float(v) for k, v in prvr_metrics(scores, gt).items()}
-    metrics.update(queries=len(captions), videos=len(video_ids))
-    spans = [data.span(c.cap_id) for c in captions]
-    if best is not None and videos.spans is not None:
-        pairs = [
-            (videos.clip_spans(int(gt[q]))[best[q, gt[q]]], span)
-            for q, span in enumerate(spans)
-            if span is not None
-        ]
-        pairs = [(p, t) for p, t in pairs if np.isfinite(p).all()]
-        if pairs:
-            pred, true = (np.asarray(x, dtype=np.float64) for x in zip(*pairs, strict=True))
-            metrics.update({k: float(v) for k, v in moment_metrics(pred, true).items()})
-            metrics["moment_queries"] = len(pairs)
-    return {
-        "model": retriever.model_name,
-        "dataset": dataset,
-        "split": split,
-        "bundle": str(bundle),
-        "backend": f"{retriever.choice.backend} ({retriever.choice.device})",
-        "text": text,
-        "headline": list(HEADLINE_KEYS["r1"] if retriever.model_name == "muse" else headline(config)),
-        **metrics,
-    }

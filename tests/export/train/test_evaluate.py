@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from prvr_export.train.evaluate import encode_videos, evaluate, headline, selection_key
+from prvr_sdk.data.collection import Collection
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.serving import GraphSpec, ServingSpec
 
 # 3 videos x 4 clips x 2 dims. Scores are max over clips of a plain dot product (no normalisation).
 CLIPS = {
@@ -57,13 +59,26 @@ class StubModel(nn.Module):
         per_clip = torch.einsum("qd,vcd->qvc", text_emb, video["clip_emb"])  # [Nq, Nv, Nc]
         return per_clip.max(dim=2)
 
+    def serving_spec(self) -> ServingSpec:
+        return ServingSpec(
+            video=GraphSpec({"clips": ("batch", 4, 2)}, ("clip_emb",)),
+            text=GraphSpec({"query": ("batch", 2)}, ("text_emb",)),
+            dim=2,
+            scoring={"kind": "max_clip"},
+            clip_output="clip_emb",
+            clip_count=4,
+            clip_time="uniform",
+        )
+
 
 class _Videos(list):
     pass
 
 
 class FakeData:
-    """The slice of ``PRVRData`` that ``evaluate`` uses."""
+    """The slice of ``PRVRData`` that ``evaluate`` uses (its timing rule is the real one)."""
+
+    timing = Collection.timing
 
     def __init__(self, with_meta: bool = True, nan_video: str | None = None) -> None:
         self.meta = (
@@ -170,6 +185,6 @@ def test_encode_videos_rejects_ragged_outputs() -> None:
 def test_selection_and_headline() -> None:
     assert selection_key(SimpleNamespace(metric="sumr")) == "SumR"
     assert selection_key(SimpleNamespace(metric="r1")) == "R@1"
-    assert headline(SimpleNamespace(metric="r1")) == ("R@1", "R@5", "R@10", "MdR", "MnR")
+    assert headline(StubModel()) == ("R@1", "R@5", "R@10", "R@100", "SumR")
     with pytest.raises(InvalidInputError, match="config.metric"):
         selection_key(SimpleNamespace(metric="map"))
