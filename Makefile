@@ -68,6 +68,17 @@ demo: install
 test: install
 	$(PY) -m pytest -q -m "not slow"
 
+# GPU tests on a GPU host: swap the CPU onnxruntime for onnxruntime-gpu, add TensorRT (extra `gpu`), run
+# `pytest -m gpu`. Both onnxruntime wheels write the same package, so both go first and onnxruntime-gpu is
+# installed afresh. torch stays the CPU build: tests marked gpu("torch") skip and say so. A later
+# `make install` after a pyproject change reinstalls the CPU onnxruntime over it (prvr doctor warns).
+GPU_INDEX ?= --extra-index-url https://pypi.nvidia.com
+.PHONY: test-gpu
+test-gpu: install
+	$(PY) -m pip uninstall -y onnxruntime onnxruntime-gpu
+	$(PY) -m pip install $(FIND_LINKS) $(GPU_INDEX) -e ".[gpu]" -c $(CONSTRAINTS)
+	$(PY) -m pytest -q -m gpu
+
 bench: install
 	$(PY) bench/scan.py
 

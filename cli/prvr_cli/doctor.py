@@ -46,8 +46,9 @@ BACKENDS_TIMEOUT_S = 120.0  # a cold torch import on a slow disk takes tens of s
 _BACKENDS_MARKER = "PRVR_BACKENDS_JSON="
 _BACKENDS_SCRIPT = f"""
 import json
-from prvr_export.ops.selective_scan import available_backends
-print({_BACKENDS_MARKER!r} + json.dumps(available_backends()))
+from prvr_export.ops.selective_scan import available_backends, fallback_reasons
+report = {{"backends": available_backends(), "fallbacks": fallback_reasons()}}
+print({_BACKENDS_MARKER!r} + json.dumps(report))
 """
 
 
@@ -176,28 +177,36 @@ def probe_onnxruntime(distributions: Iterable[str]) -> dict[str, Any]:
 
 
 def probe_selective_scan(torch_installed: bool, timeout: float = BACKENDS_TIMEOUT_S) -> dict[str, Any]:
-    """``available_backends()`` of ``prvr_export.ops.selective_scan``, asked of a child interpreter.
+    """``{"backends", "fallbacks", "error"}`` of ``prvr_export.ops.selective_scan``, asked of a child.
 
-    A child, so this process stays free of torch; any failure becomes a one-line ``error`` string.
+    ``backends`` is ``available_backends()`` (device -> implementation); ``fallbacks`` is
+    ``fallback_reasons()`` (device -> why the slow reference serves it), so a slow scan and its cause
+    show in the table and in ``--json``. A child, so this process stays free of torch; any failure
+    becomes a one-line ``error`` string.
     """
+    empty: dict[str, Any] = {"backends": {}, "fallbacks": {}, "error": None}
     if not torch_installed:
-        return {"backends": {}, "error": 'torch is not installed (pip install "prvr-sdk[train]")'}
+        return {**empty, "error": 'torch is not installed (pip install "prvr-sdk[train]")'}
     try:
         done = subprocess.run(
             [sys.executable, "-c", _BACKENDS_SCRIPT], capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
-        return {"backends": {}, "error": f"probe timed out after {timeout:g} s"}
+        return {**empty, "error": f"probe timed out after {timeout:g} s"}
     except OSError as exc:
-        return {"backends": {}, "error": _one_line(str(exc))}
+        return {**empty, "error": _one_line(str(exc))}
     for line in done.stdout.splitlines():
         if line.startswith(_BACKENDS_MARKER):
             try:
-                backends = json.loads(line[len(_BACKENDS_MARKER) :])
-                return {"backends": {str(k): str(v) for k, v in backends.items()}, "error": None}
-            except (ValueError, AttributeError) as exc:
-                return {"backends": {}, "error": _one_line(f"unreadable probe output: {exc}")}
-    return {"backends": {}, "error": _last_line(done.stderr) or f"probe exited with status {done.returncode}"}
+                found = json.loads(line[len(_BACKENDS_MARKER) :])
+                return {
+                    "backends": {str(k): str(v) for k, v in found["backends"].items()},
+                    "fallbacks": {str(k): str(v) for k, v in found["fallbacks"].items()},
+                    "error": None,
+                }
+            except (ValueError, AttributeError, KeyError, TypeError) as exc:
+                return {**empty, "error": _one_line(f"unreadable probe output: {exc}")}
+    return {**empty, "error": _last_line(done.stderr) or f"probe exited with status {done.returncode}"}
 
 
 def probe_runtime_choice() -> dict[str, Any]:
@@ -275,8 +284,10 @@ def render_table(report: dict[str, Any]) -> Table:
     scan = report["selective_scan"]
     if scan["error"]:
         row("selective scan", scan["error"], markup="[red]unavailable:[/red] ")
+    slow = scan.get("fallbacks", {})
     for name, status in scan["backends"].items():
-        row(f"selective scan: {name}", status)
+        # A device on the slow reference is flagged, with its reason (in the status text).
+        row(f"selective scan: {name}", status, markup="[yellow]slow:[/yellow] " if name in slow else "")
     for key, label in (("onnx_bundle", "Retriever auto"), ("bundle_with_engines", "  with engines")):
         pick = report.get("runtime", {}).get(key)
         if pick:

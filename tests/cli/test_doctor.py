@@ -69,15 +69,46 @@ def test_doctor_json_reports_numpy_version(doctor_json: dict) -> None:
 
 def test_doctor_selective_scan_reports_backends_or_one_line_error(doctor_json: dict) -> None:
     scan = doctor_json["selective_scan"]
-    assert isinstance(scan["backends"], dict)
-    assert all(isinstance(k, str) and isinstance(v, str) for k, v in scan["backends"].items())
+    assert set(scan) == {"backends", "fallbacks", "error"}
+    for key in ("backends", "fallbacks"):
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in scan[key].items())
     assert scan["error"] is None or (scan["error"] and "\n" not in scan["error"])
+
+
+def test_doctor_selective_scan_matches_the_op_module(doctor_json: dict) -> None:
+    # Oracle: the op module asked in this process; the child interpreter must report the same.
+    pytest.importorskip("torch")
+    from prvr_export.ops.selective_scan import available_backends, fallback_reasons
+
+    scan = doctor_json["selective_scan"]
+    assert scan["error"] is None
+    assert scan["backends"] == available_backends()
+    assert scan["fallbacks"] == fallback_reasons()
+
+
+def test_doctor_shows_why_a_device_uses_the_slow_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real probe (child interpreter) with the C kernel disabled: the reason reaches --json and the table.
+    pytest.importorskip("torch")
+    monkeypatch.setenv("PRVR_DISABLE_CPU_KERNEL", "1")
+    scan = doctor.probe_selective_scan(torch_installed=True)
+    assert scan["error"] is None, scan
+    assert scan["fallbacks"]["cpu"] == "disabled by PRVR_DISABLE_CPU_KERNEL"
+    assert scan["backends"]["cpu"] == "reference (disabled by PRVR_DISABLE_CPU_KERNEL)"
+    monkeypatch.setattr(doctor, "probe_selective_scan", lambda torch_installed: scan)
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line, nothing wrapped
+    result = runner.invoke(app, ["doctor", "--json"])
+    assert json.loads(result.stdout)["selective_scan"]["fallbacks"]["cpu"] == scan["fallbacks"]["cpu"]
+    result = runner.invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    cpu_row = next(line for line in result.stdout.splitlines() if "selective scan: cpu" in line)
+    assert "slow: reference (disabled by PRVR_DISABLE_CPU_KERNEL)" in cpu_row
 
 
 def test_doctor_table_exits_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     # Stub the slow child-interpreter probe; its own behaviour is covered above.
     monkeypatch.setattr(
-        doctor, "probe_selective_scan", lambda torch_installed: {"backends": {"cpu": "ok"}, "error": None}
+        doctor, "probe_selective_scan",
+        lambda torch_installed: {"backends": {"cpu": "ok"}, "fallbacks": {}, "error": None},
     )
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
@@ -87,7 +118,8 @@ def test_doctor_table_exits_zero(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_doctor_prints_warnings_to_stderr_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        doctor, "probe_selective_scan", lambda torch_installed: {"backends": {}, "error": "x"}
+        doctor, "probe_selective_scan",
+        lambda torch_installed: {"backends": {}, "fallbacks": {}, "error": "x"},
     )
     monkeypatch.setattr(
         doctor, "installed_distributions", lambda: ["numpy", "onnxruntime", "onnxruntime-gpu"]
@@ -158,7 +190,7 @@ def test_probe_nvcc_absent(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_probe_selective_scan_without_torch() -> None:
     result = doctor.probe_selective_scan(torch_installed=False)
-    assert result["backends"] == {}
+    assert result["backends"] == {} and result["fallbacks"] == {}
     assert "prvr-sdk[train]" in result["error"]
 
 

@@ -3,8 +3,9 @@
 Why ctypes and not a torch C++ extension: the C file needs no torch headers, compiles in about a
 second with the system's C compiler on first use, and is cached per machine. ctypes releases the GIL
 during the call, so a small thread pool gives multi-core speed without an OpenMP runtime fighting
-torch's. When no compiler is present the op falls back to the reference (``available_backends()``
-says why).
+torch's. When no compiler is present the op falls back to the reference: ``available_backends()`` says
+why, and ``selective_scan.backend_for`` logs it once per device (this module only records the reason, so
+the warning is not printed twice). ``calls()`` counts kernel invocations, so tests can prove it ran.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
 _pool: ThreadPoolExecutor | None = None
+_calls = {"forward": 0, "backward": 0}
 
 
 def _cache_dir() -> Path:
@@ -115,7 +117,7 @@ def load() -> ctypes.CDLL | None:
         cc = _compiler()
         if cc is None:
             _error = "no C compiler found (set CC or install gcc)"
-            log.warning("selective scan: %s; using the slow reference on CPU", _error)
+            log.debug("selective scan: %s", _error)
             return None
         try:
             lib = ctypes.CDLL(str(_build(cc)))
@@ -124,15 +126,28 @@ def load() -> ctypes.CDLL | None:
                 raise RuntimeError("kernel ABI version mismatch")
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
             _error = f"could not build the CPU kernel: {exc}"
-            log.warning("selective scan: %s; using the slow reference on CPU", _error)
+            log.debug("selective scan: %s", _error)
             return None
         _lib = lib
         return _lib
 
 
 def unavailable_reason() -> str | None:
+    """Why the kernel cannot be used (building it on first use), or None when it can."""
     load()
     return _error
+
+
+def calls() -> dict[str, int]:
+    """Completed kernel calls in this process, ``{"forward": n, "backward": m}``: evidence, for tests and
+    benchmarks, that the compiled code (not the reference) produced a result."""
+    with _lock:
+        return dict(_calls)
+
+
+def _count(kind: str) -> None:
+    with _lock:
+        _calls[kind] += 1
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -176,6 +191,7 @@ def forward(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, want_state: 
         fn(*args, scratch.data_ptr(), batch, dim, length, dstate, groups, int(delta_softplus), begin, end)
 
     _run_parallel(run, blocks, length * dstate * _BLOCK)
+    _count("forward")
     return y, state
 
 
@@ -208,4 +224,5 @@ def backward(u, delta, A, B, C, D, dy, dstate):
     _run_parallel(run, dim, batch * length * dstate_n * 3)
     dB = torch.stack(partial_dB).sum(0) if len(partial_dB) > 1 else partial_dB[0]
     dC = torch.stack(partial_dC).sum(0) if len(partial_dC) > 1 else partial_dC[0]
+    _count("backward")
     return du, ddelta, dA, dB, dC, dD

@@ -3,7 +3,8 @@
 One op with three implementations behind it, chosen per call:
 - CUDA tensors with mamba-ssm installed: mamba-ssm's fused kernel (imported lazily, never required);
 - CPU float32/float64: the C kernel of ``cpu_kernel`` (forward and backward, multi-threaded);
-- anything else (no compiler, CUDA without mamba-ssm, ``PRVR_DISABLE_CPU_KERNEL``): the reference.
+- anything else (no compiler, CUDA without mamba-ssm, ``PRVR_DISABLE_CPU_KERNEL``): the reference,
+  announced by one warning per device type (``backend_for``) and listed by ``available_backends()``.
 The op has a fake kernel, so ``torch.export`` records a single ``prvr.selective_scan`` node that the
 ONNX exporter maps to ``prvr::SelectiveScan``. The gate ``y * silu(z)`` is kept outside the op (as in
 the ONNX graph), in ``selective_scan_fn``, which has mamba-ssm's signature.
@@ -11,8 +12,12 @@ the ONNX graph), in ``selective_scan_fn``, which has mamba-ssm's signature.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +27,16 @@ from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
 from . import cpu_kernel
 from .reference import selective_scan_ref
 
-__all__ = ["available_backends", "check_inputs", "selective_scan_fn", "selective_scan_ref"]
+__all__ = [
+    "FAST_BACKENDS",
+    "available_backends",
+    "backend_calls",
+    "backend_for",
+    "check_inputs",
+    "fallback_reasons",
+    "selective_scan_fn",
+    "selective_scan_ref",
+]
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -100,34 +114,105 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
 # Backend selection.
 
 
-def _mamba_ssm_scan():
-    """mamba-ssm's selective_scan_fn, or None. Imported only when CUDA tensors ask for it."""
+# The fast implementation per device type; any other device type has none.
+FAST_BACKENDS = {"cpu": "cpu_kernel", "cuda": "mamba_ssm"}
+_DESCRIPTIONS = {"cpu_kernel": "cpu_kernel (C, ctypes)", "mamba_ssm": "mamba_ssm"}
+_DEVICE_LABELS = {"cpu": "CPU", "cuda": "CUDA"}
+
+_state_lock = threading.Lock()
+_warned: set[str] = set()  # device types whose slow fallback was already logged
+_calls: Counter[str] = Counter()  # "device:backend" -> op calls (forward and backward) it served
+
+
+@functools.cache
+def _mamba_ssm() -> tuple[Callable | None, str | None]:
+    """(mamba-ssm's selective_scan_fn, None), or (None, why not).
+
+    Cached: the find_spec probe and the import run once per process, not on every CUDA call (the
+    answer cannot change while the process runs, and the probe costs a filesystem walk).
+    """
     if importlib.util.find_spec("mamba_ssm") is None:
-        return None
+        return None, "mamba-ssm is not installed (pip install 'prvr-sdk[mamba]')"
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_scan
     except Exception as exc:  # a broken install (e.g. no selective_scan_cuda) must not break us
-        log.warning("mamba-ssm is installed but unusable (%s); using the reference on CUDA", exc)
-        return None
-    return mamba_scan
+        return None, f"mamba-ssm is installed but unusable ({type(exc).__name__}: {exc})"
+    return mamba_scan, None
 
 
-def _backend(u: Tensor) -> str:
-    if u.is_cuda:
-        return "mamba_ssm" if _mamba_ssm_scan() is not None else "reference"
-    if u.device.type == "cpu" and cpu_kernel.load() is not None:
-        return "cpu_kernel"
-    return "reference"
+@functools.cache
+def _resolve(device_type: str) -> tuple[str, str | None]:
+    """(backend, None) for a fast backend, or ("reference", why the fast one is not in use)."""
+    if device_type == "cuda":
+        scan, why = _mamba_ssm()
+        return ("mamba_ssm", None) if scan is not None else ("reference", why)
+    if device_type == "cpu":
+        why = cpu_kernel.unavailable_reason()
+        return ("cpu_kernel", None) if why is None else ("reference", why)
+    return "reference", f"no fast kernel exists for {device_type} tensors"
+
+
+def _device_type(where: Tensor | torch.device | str) -> str:
+    if isinstance(where, Tensor):
+        return where.device.type
+    return torch.device(where).type
+
+
+def backend_for(where: Tensor | torch.device | str) -> str:
+    """The implementation that serves tensors on this device: "cpu_kernel", "mamba_ssm" or "reference".
+
+    The first time a device type resolves to the slow reference, one warning on this module's logger
+    says so and why (a 100x slower scan must not pass unnoticed); later calls stay quiet.
+    """
+    device_type = _device_type(where)
+    backend, why = _resolve(device_type)
+    if why is not None and device_type not in _warned:
+        with _state_lock:
+            if device_type not in _warned:
+                _warned.add(device_type)
+                label = _DEVICE_LABELS.get(device_type, device_type)
+                log.warning("selective scan: %s tensors use the slow Python reference: %s", label, why)
+    return backend
+
+
+def _served(u: Tensor) -> str:
+    """backend_for(u), counted in backend_calls(): the op's per-call dispatch."""
+    backend = backend_for(u)
+    key = f"{u.device.type}:{backend}"
+    with _state_lock:
+        _calls[key] += 1
+    return backend
+
+
+def backend_calls() -> dict[str, int]:
+    """How many op calls (forwards and backwards) each ``"device:backend"`` served in this process.
+
+    Lets tests and benchmarks prove which implementation ran, instead of trusting that it did.
+    """
+    with _state_lock:
+        return dict(_calls)
+
+
+def fallback_reasons() -> dict[str, str]:
+    """Why the slow reference serves a device, for each of "cpu" and "cuda" that it serves."""
+    reasons = {}
+    for device_type in FAST_BACKENDS:
+        backend, why = _resolve(device_type)
+        if why is not None:
+            reasons[device_type] = why
+    return reasons
 
 
 def available_backends() -> dict[str, str]:
-    """Which implementation serves each device, and why a faster one is not in use."""
-    reason = cpu_kernel.unavailable_reason()
-    report = {"cpu": "cpu_kernel (C, ctypes)" if reason is None else f"reference ({reason})"}
-    if importlib.util.find_spec("mamba_ssm") is None:
-        report["cuda"] = "reference (mamba-ssm not installed: pip install 'prvr-sdk[mamba]')"
-    else:
-        report["cuda"] = "mamba_ssm" if _mamba_ssm_scan() is not None else "reference (mamba-ssm broken)"
+    """Which implementation serves each device, and why a faster one is not in use.
+
+    Values: ``"cpu_kernel (C, ctypes)"``, ``"mamba_ssm"`` or ``"reference (<why>)"``. Reports only; the
+    warning about a slow device is logged when a tensor first asks for it (``backend_for``).
+    """
+    report = {}
+    for device_type in FAST_BACKENDS:
+        backend, why = _resolve(device_type)
+        report[device_type] = _DESCRIPTIONS[backend] if why is None else f"reference ({why})"
     return report
 
 
@@ -154,13 +239,13 @@ def _kernel_args(u, delta, A, B, C, D, delta_bias):
 
 
 def _scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, want_state: bool):
-    backend = _backend(u)
+    backend = _served(u)
     if backend == "cpu_kernel":
         y, state = cpu_kernel.forward(*_kernel_args(u, delta, A, B, C, D, delta_bias), delta_softplus,
                                       want_state)
         return y.to(u.dtype), state
     if backend == "mamba_ssm":
-        out = _mamba_ssm_scan()(u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
+        out = _mamba_ssm()[0](u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
         return out[0], out[1]
     y, state = selective_scan_ref(u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
     return y, state
@@ -252,13 +337,13 @@ def _(u, delta, A, B, C, D, delta_bias, dy, dstate, delta_softplus):
 def _scan_backward(ctx, dy: Tensor, dstate: Tensor | None):
     u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
     inputs = (u, delta, A, B, C, D, delta_bias)
-    backend = _backend(u)
+    backend = _served(u)
     if backend == "cpu_kernel":
         grads = selective_scan_backward(*inputs, dy, dstate, ctx.delta_softplus)
         grads = (*grads[:5], grads[5] if D is not None else None,
                  grads[6] if delta_bias is not None else None)
     else:
-        scan = _mamba_ssm_scan() if backend == "mamba_ssm" else selective_scan_ref
+        scan = _mamba_ssm()[0] if backend == "mamba_ssm" else selective_scan_ref
         grads = _grads_by_autograd(scan, inputs, ctx.delta_softplus, dy, dstate)
     pairs = zip(grads, inputs, strict=True)
     grads = tuple(None if g is None or t is None else g.to(t.dtype) for g, t in pairs)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from prvr_sdk.backends.base import Session
+from prvr_sdk.backends.base import BackendFallbackWarning, Session
 from prvr_sdk.backends.onnxruntime import OnnxRuntimeSession, available_providers, cuda_available
 from prvr_sdk.backends.tensorrt import TensorRTSession, tensorrt_available
 from prvr_sdk.errors import BackendUnavailableError, InvalidInputError
 
 __all__ = [
     "BACKENDS",
+    "BackendFallbackWarning",
     "Choice",
     "OnnxRuntimeSession",
     "Session",
@@ -85,8 +86,12 @@ def choose(backend: str = "auto", device: str = "auto", has_engine: bool = False
     return Choice("onnxruntime", "cuda:0" if device == "cuda" else device, "requested")
 
 
-def open_session(path: str | os.PathLike, choice: Choice) -> Session:
-    """Load one graph (``.onnx`` for onnxruntime, ``.plan`` for tensorrt) as the choice says."""
+def open_session(path: str | os.PathLike, choice: Choice, strict: bool = False) -> Session:
+    """Load one graph (``.onnx`` for onnxruntime, ``.plan`` for tensorrt) as the choice says.
+
+    The session's ``device`` is where the graph really runs: if ONNX Runtime cannot load its CUDA
+    provider it runs on the CPU, with a ``BackendFallbackWarning`` (``strict=True``: an error instead).
+    """
     if choice.backend == "tensorrt":
         return TensorRTSession(path, choice.device)
-    return OnnxRuntimeSession(path, choice.device)
+    return OnnxRuntimeSession(path, choice.device, strict=strict)

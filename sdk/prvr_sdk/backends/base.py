@@ -12,7 +12,15 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Session"]
+__all__ = ["BackendFallbackWarning", "Session"]
+
+
+class BackendFallbackWarning(RuntimeWarning):
+    """A session runs on another device than the one asked for (e.g. CUDA requested, the CPU runs it).
+
+    A category of its own so that callers can filter it, or turn it into an error
+    (``warnings.simplefilter("error", BackendFallbackWarning)``) without touching other warnings.
+    """
 
 
 @runtime_checkable
@@ -23,7 +31,7 @@ class Session(Protocol):
         input_names: the graph's inputs, in order.
         output_names: the graph's outputs, in order.
         backend: ``"onnxruntime"`` or ``"tensorrt"``.
-        device: ``"cpu"`` or ``"cuda:N"``.
+        device: ``"cpu"`` or ``"cuda:N"``: the device that really runs the graph, not the one asked for.
         provider: what actually runs it, for ``repr`` and ``prvr doctor`` (e.g. ``CPUExecutionProvider``).
     """
 

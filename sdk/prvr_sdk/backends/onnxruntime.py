@@ -2,15 +2,22 @@
 
 The bundle's graphs carry the selective scan as a ``prvr::SelectiveScan`` node *with* a local function
 body of standard ops, so ONNX Runtime runs them with no custom-op library.
+
+ONNX Runtime does not fail when a requested provider cannot be created (CUDA or cuDNN libraries missing,
+a CPU onnxruntime shadowing onnxruntime-gpu): it logs a line and runs on the CPU. A session here therefore
+reports what ``get_providers()`` says really runs, and warns (``BackendFallbackWarning``), or raises with
+``strict=True``, when that is not what was asked for.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from prvr_sdk.backends.base import BackendFallbackWarning
 from prvr_sdk.errors import BackendUnavailableError, InvalidInputError
 
 __all__ = ["OnnxRuntimeSession", "available_providers", "cuda_available"]
@@ -32,8 +39,12 @@ def available_providers() -> list[str]:
         return []
 
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
 def cuda_available() -> bool:
-    return "CUDAExecutionProvider" in available_providers()
+    """Whether this onnxruntime build offers CUDA. Not a promise that it loads: see ``OnnxRuntimeSession``."""
+    return CUDA_PROVIDER in available_providers()
 
 
 def _device_index(device: str) -> int:
@@ -52,14 +63,25 @@ class OnnxRuntimeSession:
         path: the ``.onnx`` file.
         device: ``"cpu"`` or ``"cuda:N"``; CUDA needs onnxruntime-gpu (extra ``gpu``).
         threads: intra-op threads (default: ONNX Runtime's choice, all cores).
+        strict: raise instead of warning when ONNX Runtime falls back from CUDA to the CPU.
+
+    Attributes:
+        device: the device that runs the graph (``"cpu"`` after a fallback), ``requested_device`` the one
+            asked for; ``provider`` / ``providers``: what ``get_providers()`` reports, first one first.
 
     Raises:
-        BackendUnavailableError: onnxruntime missing, or CUDA asked for but its provider is absent.
+        BackendUnavailableError: onnxruntime missing, CUDA asked for but its provider is absent, or (with
+            ``strict=True``) the CUDA provider failed to load.
+
+    Warns:
+        BackendFallbackWarning: CUDA was asked for but the CPU runs the graph (``strict=False``).
     """
 
     backend = "onnxruntime"
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None, strict: bool = False
+    ) -> None:
         ort = _ort()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers etc. are noise to users
@@ -73,13 +95,32 @@ class OnnxRuntimeSession:
                     "onnxruntime CUDAExecutionProvider", "gpu",
                     f"device {device!r} needs onnxruntime-gpu; this onnxruntime has {available_providers()}",
                 )
-            cuda = ("CUDAExecutionProvider", {"device_id": _device_index(device)})
+            cuda = (CUDA_PROVIDER, {"device_id": _device_index(device)})
             providers = [cuda, "CPUExecutionProvider"]
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        self.device = device
-        self.provider = self._session.get_providers()[0]
+        self.requested_device = device
+        self.providers: tuple[str, ...] = tuple(self._session.get_providers())
+        self.provider = self.providers[0]
+        self.device = device if device == "cpu" or CUDA_PROVIDER in self.providers else "cpu"
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
+        if self.device != device:
+            self._fell_back(path, strict)
+
+    def _fell_back(self, path: str | os.PathLike, strict: bool) -> None:
+        """Say loudly that CUDA was asked for and the CPU runs the graph: 10-100x slower, and otherwise
+        visible only in onnxruntime's log."""
+        detail = (
+            f"{os.path.basename(path)}: device {self.requested_device!r} was asked for, but ONNX Runtime "
+            f"could not load {CUDA_PROVIDER} and runs the graph with {list(self.providers)} on the CPU "
+            "(usually CUDA/cuDNN libraries that onnxruntime-gpu needs are missing, or the CPU onnxruntime "
+            "is installed over onnxruntime-gpu; onnxruntime's log says which, `prvr doctor` shows what is "
+            "installed)"
+        )
+        if strict:
+            raise BackendUnavailableError(f"onnxruntime {CUDA_PROVIDER}", "gpu", detail)
+        advice = "Pass device='cpu' to ask for the CPU, or strict=True to make this an error."
+        warnings.warn(f"{detail}. {advice}", BackendFallbackWarning, stacklevel=3)
 
     def run(
         self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
@@ -89,4 +130,6 @@ class OnnxRuntimeSession:
         return dict(zip(names, values, strict=True))
 
     def __repr__(self) -> str:
-        return f"OnnxRuntimeSession(device={self.device!r}, provider={self.provider!r})"
+        asked = self.requested_device
+        fallback = f", requested_device={asked!r}" if self.device != asked else ""
+        return f"OnnxRuntimeSession(device={self.device!r}, provider={self.provider!r}{fallback})"

@@ -4,6 +4,12 @@ Every case builds seeded, Mamba-like inputs (``make_inputs``), runs ``selective_
 CPU, whichever backend ``available_backends()`` names elsewhere) and ``selective_scan_ref`` on separate
 copies of them, and compares outputs and gradients. Nothing is compared against stored numbers.
 
+Fast-path guard (``on_fast_path``): if the C kernel failed to build, the op would run the reference and
+every comparison would pass comparing the reference with itself. So each comparison first checks that
+the kernel serves CPU tensors, and afterwards that it served every op call (``backend_calls()`` and the
+kernel's own ``cpu_kernel.calls()``). Without the kernel the test fails, naming the reason, unless
+``PRVR_ALLOW_REFERENCE_SCAN=1`` (machines without a C compiler): then it is skipped, and says why.
+
 Tolerance rule, per dtype of ``u``: ``assert_close(actual, expected, rtol, atol=atol_rel * max|expected|)``,
 so atol is relative to the tensor's own magnitude (entries near zero are judged against the largest one).
 
@@ -19,6 +25,7 @@ so atol is relative to the tensor's own magnitude (entries near zero are judged 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -32,9 +39,14 @@ import pytest
 import torch
 from torch import nn
 
+from prvr_export.ops import cpu_kernel
 from prvr_export.ops.selective_scan import (
+    FAST_BACKENDS,
     available_backends,
+    backend_calls,
+    backend_for,
     check_inputs,
+    fallback_reasons,
     selective_scan_fn,
     selective_scan_ref,
 )
@@ -49,6 +61,44 @@ GRAD_TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-4)}
 CUDA_TOL = (6e-4, 2e-3)
 
 TENSOR_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+ALLOW_REFERENCE_ENV = "PRVR_ALLOW_REFERENCE_SCAN"
+REPO = Path(__file__).resolve().parents[3]
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast-path guard (see the module docstring).
+
+
+def _reference_serves(device: str) -> None:
+    """Fail (or skip, where allowed) because the reference, not the fast backend, serves ``device``."""
+    why = fallback_reasons().get(device, "the op dispatched to the reference")
+    if device == "cuda":  # mamba-ssm is optional: without it, there is nothing to compare on CUDA
+        pytest.skip(f"CUDA tensors use the reference ({why}): comparing it with itself proves nothing")
+    if os.environ.get(ALLOW_REFERENCE_ENV) == "1":
+        pytest.skip(f"the C kernel does not serve CPU tensors ({why}), so this would compare the reference "
+                    f"with itself; accepted because {ALLOW_REFERENCE_ENV}=1")
+    pytest.fail(f"selective scan: CPU tensors are not served by the C kernel: {why}. These tests would "
+                f"compare the reference with itself. Install a C compiler (or set CC), or set "
+                f"{ALLOW_REFERENCE_ENV}=1 to accept the reference on this machine.", pytrace=False)
+
+
+@contextlib.contextmanager
+def on_fast_path(device: str = "cpu"):
+    """Run op calls that must be served by ``device``'s fast backend; check it before and after."""
+    if backend_for(device) != FAST_BACKENDS[device]:
+        _reference_serves(device)
+    served_before, kernel_before = backend_calls(), cpu_kernel.calls()
+    yield
+    served = {k: n - served_before.get(k, 0) for k, n in backend_calls().items()}
+    served = {k: n for k, n in served.items() if n}
+    fast = f"{device}:{FAST_BACKENDS[device]}"
+    if set(served) - {fast}:
+        _reference_serves(device)
+    assert served, "no selective-scan op call ran inside on_fast_path()"
+    if device == "cpu":  # the compiled code itself counts its calls: one per op forward or backward
+        kernel = cpu_kernel.calls()
+        ran = sum(kernel[k] - kernel_before[k] for k in kernel)
+        assert ran == served[fast], f"C kernel ran {ran} times for {served[fast]} op calls"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +200,8 @@ def assert_grads_close(op_in: dict, ref_in: dict, tol: tuple[float, float], what
 def check_forward(inputs: dict, return_last_state: bool, tol: tuple[float, float] | None = None) -> None:
     """Forward of the op vs the reference on the same inputs, both outputs when there are two."""
     tol = tol or TOL[inputs["u"].dtype]
-    out = selective_scan_fn(**inputs, return_last_state=return_last_state)
+    with on_fast_path(inputs["u"].device.type):
+        out = selective_scan_fn(**inputs, return_last_state=return_last_state)
     ref = selective_scan_ref(**inputs, return_last_state=return_last_state)
     if not return_last_state:
         out, ref = (out,), (ref,)
@@ -166,18 +217,22 @@ def run_backward(inputs: dict, return_last_state: bool, use: str, seed: int, fn)
     """Leaf copies of ``inputs``, a loss <gy, y> (+ <gs, state>) through ``fn``, and backward.
 
     ``use`` picks the outputs in the loss: "y", "state" or "both". The upstream gradients come from
-    ``seed`` so that op and reference see the same ones.
+    ``seed`` so that op and reference see the same ones. With the op, forward and backward must both run
+    on the fast path.
     """
     leaves = leaf_copies(inputs)
-    out = fn(**leaves, return_last_state=return_last_state)
-    y, state = out if return_last_state else (out, None)
-    g = torch.Generator().manual_seed(seed)
-    loss = 0
-    if use in ("y", "both"):
-        loss = loss + (y * torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)).sum()
-    if use in ("state", "both"):
-        loss = loss + (state * torch.randn(state.shape, generator=g, dtype=state.dtype).to(y.device)).sum()
-    loss.backward()
+    device = inputs["u"].device.type
+    with on_fast_path(device) if fn is selective_scan_fn else contextlib.nullcontext():
+        out = fn(**leaves, return_last_state=return_last_state)
+        y, state = out if return_last_state else (out, None)
+        g = torch.Generator().manual_seed(seed)
+        loss = 0
+        if use in ("y", "both"):
+            loss = loss + (y * torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)).sum()
+        if use in ("state", "both"):
+            gs = torch.randn(state.shape, generator=g, dtype=state.dtype).to(y.device)
+            loss = loss + (state * gs).sum()
+        loss.backward()
     return leaves
 
 
@@ -247,7 +302,8 @@ def test_output_dtypes_match_reference(dtype):
     # where the CUDA kernel's state has A's dtype: rounding it to fp16 would lose what a chunked caller
     # carries over to the next chunk.
     inputs = make_inputs(case_seed("dtypes", str(dtype)), dim=8, dstate=4, length=5, dtype=dtype)
-    y, state = selective_scan_fn(**inputs, return_last_state=True)
+    with on_fast_path():
+        y, state = selective_scan_fn(**inputs, return_last_state=True)
     y_ref, state_ref = selective_scan_ref(**inputs, return_last_state=True)
     assert y.dtype == y_ref.dtype == dtype
     assert state.dtype == state_ref.dtype, f"last_state is {state.dtype}, the reference's {state_ref.dtype}"
@@ -278,7 +334,8 @@ def test_forward_non_contiguous_inputs():
     strided["B"], strided["C"] = bc[:, :16], bc[:, 16:]
     strided["A"] = inputs["A"].t().contiguous().t()
     assert not any(strided[k].is_contiguous() for k in ("u", "delta", "z", "B", "C", "A"))
-    y = selective_scan_fn(**strided)
+    with on_fast_path():
+        y = selective_scan_fn(**strided)
     assert_close_rel(y, selective_scan_ref(**inputs), *TOL[torch.float32], what="y")
     op_in = run_backward(strided, False, "y", 7, selective_scan_fn)
     ref_in = run_backward(inputs, False, "y", 7, selective_scan_ref)
@@ -310,7 +367,8 @@ def test_gradcheck_float64(groups, return_last_state):
     def fn(*args):
         return selective_scan_fn(*args, delta_softplus=True, return_last_state=return_last_state)
 
-    assert torch.autograd.gradcheck(fn, tensors)
+    with on_fast_path():
+        assert torch.autograd.gradcheck(fn, tensors)
 
 
 def test_gradcheck_float64_no_options():
@@ -319,7 +377,8 @@ def test_gradcheck_float64_no_options():
                                      groups=2, with_D=False, with_z=False, with_bias=False,
                                      softplus=False, dtype=torch.float64))
     tensors = tuple(inputs[k] for k in ("u", "delta", "A", "B", "C"))
-    assert torch.autograd.gradcheck(lambda *a: selective_scan_fn(*a, return_last_state=True), tensors)
+    with on_fast_path():
+        assert torch.autograd.gradcheck(lambda *a: selective_scan_fn(*a, return_last_state=True), tensors)
 
 
 @pytest.mark.parametrize("return_last_state", [False, True], ids=["y", "y+state"])
@@ -434,9 +493,13 @@ def _run_python(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedPr
 
 def test_reference_fallback_when_kernel_disabled(tmp_path):
     # PRVR_DISABLE_CPU_KERNEL is read once per process: the fallback needs its own interpreter.
+    # The reference must give the reference's numbers, be counted as what served the calls, and be
+    # announced by exactly one warning for the CPU however many calls follow.
     code = """
         import torch
-        from prvr_export.ops.selective_scan import available_backends, selective_scan_fn, selective_scan_ref
+        from prvr_export.ops import cpu_kernel
+        from prvr_export.ops.selective_scan import (available_backends, backend_calls, backend_for,
+                                                    selective_scan_fn, selective_scan_ref)
 
         backend = available_backends()["cpu"]
         assert backend.startswith("reference"), backend
@@ -448,20 +511,75 @@ def test_reference_fallback_when_kernel_disabled(tmp_path):
                      C=r(2, 2, 4, 16), D=r(8), z=r(2, 8, 16), delta_bias=r(8) * 0.1)
             return {k: v.requires_grad_(True) for k, v in t.items()}
         outs = []
-        for fn in (selective_scan_fn, selective_scan_ref):
+        for fn in (selective_scan_fn, selective_scan_ref, selective_scan_fn):
             x = leaves()
             y, s = fn(**x, delta_softplus=True, return_last_state=True)
             (y.square().sum() + s.sum()).backward()
             outs.append((y, s, {k: v.grad for k, v in x.items()}))
-        (y, s, gr), (y_ref, s_ref, gr_ref) = outs
+        (y, s, gr), (y_ref, s_ref, gr_ref) = outs[:2]
         torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-12)
         for k in gr:
             torch.testing.assert_close(gr[k], gr_ref[k], rtol=1e-10, atol=1e-10, msg=k)
         print("BACKEND", backend)
+        print("FOR", backend_for(torch.empty(1)))
+        print("CALLS", sorted(backend_calls().items()), sorted(cpu_kernel.calls().items()))
     """
     proc = _run_python(code, tmp_path, PRVR_DISABLE_CPU_KERNEL="1")
     assert "BACKEND reference (disabled by PRVR_DISABLE_CPU_KERNEL)" in proc.stdout
+    assert "FOR reference" in proc.stdout
+    # Two op forwards and two backwards, all on the reference; the compiled kernel never ran.
+    assert "CALLS [('cpu:reference', 4)] [('backward', 0), ('forward', 0)]" in proc.stdout
+    warning = "selective scan: CPU tensors use the slow Python reference: disabled by PRVR_DISABLE_CPU_KERNEL"
+    assert proc.stderr.count(warning) == 1, proc.stderr
+    assert proc.stderr.count("selective scan") == 1, proc.stderr
+
+
+def _pytest_one(node: str, **env: str | None) -> subprocess.CompletedProcess:
+    """Run one test of this file in a child pytest with ``env`` changes (None removes a variable)."""
+    child_env = {k: v for k, v in os.environ.items() if k not in env}
+    child_env.update({k: v for k, v in env.items() if v is not None})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"{__file__}::{node}"],
+        cwd=REPO, env=child_env, capture_output=True, text=True, timeout=300,
+    )
+
+
+GUARDED_NODE = "test_forward_edge_shapes[all-ones]"
+
+
+def test_guard_fails_when_the_reference_serves_cpu():
+    # The guard is real: with the kernel disabled and no opt-out, a kernel-vs-reference test fails and
+    # names the reason, instead of passing by comparing the reference with itself.
+    proc = _pytest_one(GUARDED_NODE, PRVR_DISABLE_CPU_KERNEL="1", PRVR_ALLOW_REFERENCE_SCAN=None)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "1 failed" in out, out
+    assert "CPU tensors are not served by the C kernel: disabled by PRVR_DISABLE_CPU_KERNEL" in out, out
+    assert "PRVR_ALLOW_REFERENCE_SCAN=1" in out, out
+
+
+def test_guard_skips_with_the_reason_when_the_reference_is_allowed():
+    proc = _pytest_one(GUARDED_NODE, PRVR_DISABLE_CPU_KERNEL="1", PRVR_ALLOW_REFERENCE_SCAN="1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "1 skipped" in out, out
+    assert "disabled by PRVR_DISABLE_CPU_KERNEL" in out, out
+    assert "accepted because PRVR_ALLOW_REFERENCE_SCAN=1" in out, out
+
+
+def test_kernel_serves_forward_and_backward_on_cpu():
+    # In this process the kernel builds (or the guard has already said why not): one op forward and one
+    # backward are one kernel forward and one kernel backward, and nothing ran on the reference.
+    if backend_for("cpu") != "cpu_kernel":
+        _reference_serves("cpu")
+    inputs = leaf_copies(make_inputs(case_seed("counted"), dim=8, dstate=4, length=9))
+    served, kernel = backend_calls(), cpu_kernel.calls()
+    selective_scan_fn(**inputs).sum().backward()
+    after_served, after_kernel = backend_calls(), cpu_kernel.calls()
+    assert after_served.get("cpu:cpu_kernel", 0) - served.get("cpu:cpu_kernel", 0) == 2
+    assert after_served.get("cpu:reference", 0) == served.get("cpu:reference", 0)
+    assert {k: after_kernel[k] - kernel[k] for k in kernel} == {"forward": 1, "backward": 1}
 
 
 def test_cpu_path_does_not_import_mamba_ssm(tmp_path):
@@ -543,7 +661,7 @@ def test_torch_export_single_node_dynamic_length():
     n16, n64 = (len(ep.graph.nodes) for ep in programs.values())
     assert n16 == n64
     new = _layer_inputs(37)
-    with torch.no_grad():
+    with torch.no_grad(), on_fast_path():
         expected = layer(*new)
         actual = programs[16].module()(*new)
     assert_close_rel(actual, expected, *TOL[torch.float32], what="exported y")
@@ -610,10 +728,10 @@ def test_valid_input_passes_check():
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA (skipped without a GPU by tests/conftest.py).
+# CUDA (skipped without a GPU, or with CPU torch, by tests/conftest.py).
 
 
-@pytest.mark.gpu
+@pytest.mark.gpu("torch")
 @pytest.mark.parametrize("return_last_state", [False, True])
 @pytest.mark.parametrize("groups", [None, 2], ids=["ungrouped", "G2"])
 def test_cuda_matches_reference(groups, return_last_state):
