@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from prvr_cli.app import app
-from prvr_export.models.registry import create_model, get_config, list_models
+from prvr_export.models.registry import create_model, list_models
 from prvr_export.onnx_export.bundle import dummy_inputs, export_bundle
 from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk import scoring
@@ -25,13 +25,9 @@ from prvr_sdk.errors import BundleError, ChecksumError, InvalidInputError, Parit
 ort = pytest.importorskip("onnxruntime")
 logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
-def tiny(name: str) -> dict:
-    """Every registered model's demo config, with at most 32 frame steps (keeps each export to seconds)."""
-    return {"max_ctx_l": min(32, get_config(name, "demo").max_ctx_l)}
 
-
-@pytest.fixture(scope="module", params=list_models())
-def exported(request, tmp_path_factory):
+@pytest.fixture(scope="module", params=list_models())  # a registered model gets these tests for free
+def exported(request, tmp_path_factory, tiny):
     name = request.param
     torch.manual_seed(0)
     model = create_model(name, "demo", tiny(name)).eval()
@@ -227,7 +223,7 @@ def test_retriever_passes_verify_and_trusted_keys_through(exported, tmp_path):
         Retriever.from_bundle(copy, backend="onnxruntime", device="cpu", verify=False)
 
 
-def test_fps_with_timestamps_warns_that_fps_is_ignored(exported):
+def test_fps_with_timestamps_warns_that_fps_is_ignored(exported, caplog):
     from prvr_sdk import Retriever
 
     _, _, out, _ = exported
@@ -236,7 +232,8 @@ def test_fps_with_timestamps_warns_that_fps_is_ignored(exported):
     shape = (spec.feature_dim,) if spec.patches is None else (spec.patches, spec.feature_dim)
     frames = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
     ts = np.array([0.0, 0.5, 1.0, 1.5])
-    with pytest.warns(UserWarning, match="fps is ignored"):
+    with caplog.at_level(logging.WARNING, logger="prvr_sdk"):
         with_fps = r.encode_video(frames, fps=10.0, timestamps=ts, show_progress=False)
+    assert "fps is ignored" in caplog.text
     without = r.encode_video(frames, timestamps=ts, show_progress=False)
     np.testing.assert_array_equal(with_fps.spans, without.spans)

