@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -14,13 +13,20 @@ from rich.console import Console
 from rich.markup import escape
 
 from prvr_sdk.errors import InvalidInputError, PrvrError, exit_code_for
+from prvr_sdk.fsutil import atomic_write
 
 err = Console(stderr=True)
 
 
-def fail(exc: PrvrError) -> NoReturn:
-    """Print ``error: …`` on stderr and exit with the error's documented code."""
+def print_error(exc: BaseException) -> None:
+    """Print ``error: …`` on stderr, the message escaped: paths and user text may hold ``[brackets]`` that
+    rich would otherwise take for markup (and drop, or fail on)."""
     err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def fail(exc: PrvrError) -> NoReturn:
+    """Print ``error: …`` on stderr and exit with the error's documented code (the one error exit)."""
+    print_error(exc)
     raise typer.Exit(code=exit_code_for(exc))
 
 
@@ -144,23 +150,18 @@ def out_error(path: Path | str, exc: OSError, flag: str = "--out") -> InvalidInp
 
 
 def write_lines_atomic(path: Path, lines: Iterable[str], flag: str = "--out") -> None:
-    """Write text lines to a temp file next to ``path``, then rename it into place.
+    """Write text lines to ``path`` atomically (``prvr_sdk.fsutil.atomic_write``), streaming them.
 
     Raises:
         InvalidInputError: the file cannot be written (the message names ``flag``).
     """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise out_error(path, exc, flag) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(line + "\n")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise out_error(path, exc, flag) from None
-        raise
+
+    try:
+        atomic_write(path, write)
+    except OSError as exc:
+        raise out_error(path, exc, flag) from None

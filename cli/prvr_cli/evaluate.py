@@ -18,16 +18,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from prvr_sdk.errors import PrvrError, exit_code_for
+from prvr_cli.common import fail
+from prvr_sdk.errors import PrvrError
 
 RUNS_DIR = Path("runs")
 SPLITS = ("train", "val", "test")
-_MOMENT_KEYS = ("mIoU", "R@1,IoU>=0.5")
+_EXTRA_KEYS = ("mAP", "mIoU", "R@1,IoU>=0.5")  # after the headline, when present
 
 
 def render_table(result: dict) -> Table:
-    """One row of headline metrics (and moment-localisation metrics when present)."""
-    keys = list(result["headline"]) + [k for k in _MOMENT_KEYS if k in result]
+    """One row of headline metrics, then t2v mAP and moment localisation when present."""
+    keys = list(result["headline"]) + [k for k in _EXTRA_KEYS if k in result and k not in result["headline"]]
     runner = f" (bundle, {result['backend']}, query {result['text']})" if "backend" in result else " (torch)"
     table = Table(
         title=f"{result['model']}{runner} on {result['dataset']} / {result['split']}: "
@@ -83,16 +84,14 @@ def evaluate(
     """Evaluate a trained checkpoint (or an exported bundle): R@K / SumR (or MdR/MnR) and moment finding."""
     err = Console(stderr=True)
     try:
-        from prvr_export.train.checkpoint import latest_checkpoint
-        from prvr_export.train.evaluate import evaluate_checkpoint
         from prvr_sdk.errors import InvalidInputError
 
         if split not in SPLITS:
             raise InvalidInputError(f"--split {split!r}: expected one of {', '.join(SPLITS)}")
         if data_root is not None and not data_root.is_dir():
             raise InvalidInputError(f"--data-root {data_root}: folder not found")
-        if bundle is not None:
-            from prvr_export.train.evaluate import evaluate_bundle
+        if bundle is not None:  # the runtime only: no torch needed (or imported)
+            from prvr_sdk.evaluation import evaluate_bundle
 
             if data_root is None:
                 raise InvalidInputError("--bundle needs --data-root (a bundle does not record its data)")
@@ -101,15 +100,17 @@ def evaluate(
                 trusted_keys=trusted_key or None,
             )
         else:
+            from prvr_export.train.checkpoint import resolve_checkpoint
+            from prvr_export.train.evaluate import evaluate_checkpoint
+
             if checkpoint is None:
-                checkpoint = latest_checkpoint(RUNS_DIR)
+                checkpoint = resolve_checkpoint(None, runs_dir=RUNS_DIR)
                 err.print(f"checkpoint: {escape(str(checkpoint))}", highlight=False, soft_wrap=True)
             result = evaluate_checkpoint(
                 checkpoint, split, data_root=data_root, dataset=dataset, device=device
             )
     except PrvrError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=exit_code_for(exc)) from None
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -14,29 +14,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from prvr_cli.common import fail
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
 MODELS = ("mamfusion", "amdnet", "muse")
-
-
-def newest_run(runs_dir: Path, model: str) -> Path:
-    """The most recently written ``<runs_dir>/*/best.pt`` whose run trained ``model``."""
-    runs = []
-    for ckpt in runs_dir.glob("*/best.pt") if runs_dir.is_dir() else []:
-        try:
-            meta = json.loads((ckpt.parent / "config.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if meta.get("model_name") == model:
-            runs.append(ckpt)
-    if not runs:
-        raise InvalidInputError(
-            f"no trained {model} run under {runs_dir}/: train one with `prvr train --model {model} "
-            f"--dataset demo --data-root DATA --out {runs_dir}/{model}-demo`, or pass --checkpoint PATH"
-        )
-    return max(runs, key=lambda p: p.stat().st_mtime)
 
 
 def export(
@@ -82,11 +65,12 @@ def export(
     try:
         if model not in MODELS:
             raise InvalidInputError(f"--model {model!r}: expected one of {', '.join(MODELS)}")
-        if checkpoint is None:
-            checkpoint = newest_run(runs_dir, model)
-            err.print(f"using the newest {model} checkpoint: {checkpoint}")
-        elif checkpoint.is_dir():
-            checkpoint = checkpoint / "best.pt"
+        from prvr_export.train.checkpoint import resolve_checkpoint
+
+        newest = checkpoint is None
+        checkpoint = resolve_checkpoint(checkpoint, model=model, runs_dir=runs_dir)
+        if newest:
+            err.print(f"using the newest {model} checkpoint: {escape(str(checkpoint))}", highlight=False)
         from prvr_export.onnx_export.bundle import check_target, export_bundle, parity_table
 
         if out is not None:
@@ -99,7 +83,7 @@ def export(
         meta = json.loads((checkpoint.parent / "config.json").read_text())
         dataset = meta.get("dataset", "demo")
         out = out or Path("bundles") / f"{model}-{dataset}"
-        err.print(f"exporting {model} ({dataset}) to {out} …")
+        err.print(f"exporting {model} ({dataset}) to {escape(str(out))} …", highlight=False)
         manifest = export_bundle(
             net,
             config,

@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from prvr_sdk.errors import InvalidInputError, PrvrError, exit_code_for
+from prvr_cli.common import fail
+from prvr_sdk.errors import InvalidInputError, PrvrError
 
 RUNS_DIR = Path("runs")
 MODELS = ("mamfusion", "amdnet", "muse")
@@ -152,8 +153,7 @@ def train(
         finally:
             detach_logging(attached)
     except PrvrError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=exit_code_for(exc)) from None
+        fail(exc)
     if not summary:  # a non-zero rank of a distributed run
         raise typer.Exit(code=0)
     err.print(

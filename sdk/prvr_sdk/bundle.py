@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import BundleError, ChecksumError
+from .fsutil import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -121,11 +121,7 @@ def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> di
         entry["bytes"] = path.stat().st_size
         entry["sha256"] = file_digest(path)
     sealed[_SELF_DIGEST] = manifest_digest(sealed)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        json.dump(sealed, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write(directory / MANIFEST, json.dumps(sealed, indent=2, sort_keys=True) + "\n", parents=False)
     return sealed
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.fsutil import atomic_write
 from prvr_sdk.limits import check_array, check_limits, npz_headers, read_npz_member
 
 __all__ = ["VideoEmbeddings"]
@@ -199,16 +199,12 @@ class VideoEmbeddings:
         for name in ("clip_emb", "spans", "video_emb"):
             if getattr(self, name) is not None:
                 arrays[name] = getattr(self, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a path
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, max_bytes: int | None = None) -> VideoEmbeddings:

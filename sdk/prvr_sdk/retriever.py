@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -222,8 +221,8 @@ class Retriever:
         if fps is not None and not (isinstance(fps, int | float) and np.isfinite(fps) and fps > 0):
             raise InvalidInputError(f"fps: expected a positive number, got {fps!r}")
         if fps is not None and timestamps is not None:
-            warnings.warn("encode_video: both fps and timestamps given; fps is ignored, clip times come from "
-                          "the timestamps", UserWarning, stacklevel=2)
+            log.warning("encode_video: both fps and timestamps given; fps is ignored, clip times come from "
+                        "the timestamps")
         items, total = self._video_items(videos, video_ids)
         fps = fps if fps is not None else self.fps
         parts: list[VideoEmbeddings] = []
@@ -360,11 +359,9 @@ class Retriever:
             return np.append(ts, ts[-1] + step)
         if fps is None:
             if not self._warned_fps:
-                warnings.warn(
+                log.warning(
                     "the bundle does not record the frame rate of its features: pass fps= or timestamps= to "
-                    "encode_video to get clip times (hits will have start = end = None)",
-                    UserWarning,
-                    stacklevel=4,
+                    "encode_video to get clip times (hits will have start = end = None)"
                 )
                 self._warned_fps = True
             return np.full(num_frames + 1, np.nan)
@@ -390,8 +387,9 @@ class Retriever:
             InvalidInputError: strings for a bundle without a front end (the message names the backbone
                 whose features it expects), an empty query or list, NaN/Inf features.
             ShapeMismatchError: features of the wrong rank or dim.
-        Warns:
-            UserWarning: a query longer than the model reads (``max_tokens``); its tail is dropped.
+        Logs:
+            a warning (logger ``prvr_sdk.retriever``) for a query longer than the model reads
+            (``max_tokens``); its tail is dropped.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidInputError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -399,12 +397,10 @@ class Retriever:
         spec = self.text_spec
         long = [i for i, f in enumerate(features) if spec.kind == "tokens" and len(f) > spec.max_tokens]
         if long:
-            warnings.warn(
+            log.warning(
                 f"{len(long)} quer{'y' if len(long) == 1 else 'ies'} (first: #{long[0]}, "
                 f"{len(features[long[0]])} tokens) exceed the {spec.max_tokens} tokens the model reads; "
-                "the rest is ignored, as in training",
-                UserWarning,
-                stacklevel=2,
+                "the rest is ignored, as in training"
             )
         prepared = [prepare_query(f, spec) for f in features]
         out = []

@@ -31,12 +31,12 @@ import binascii
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import BackendUnavailableError, BundleError, InvalidInputError
+from .fsutil import atomic_write
 
 __all__ = [
     "ALGORITHM",
@@ -161,16 +161,8 @@ def load_private_key(key: Any) -> Any:
 
 
 def _create(path: Path, data: bytes, mode: int) -> None:
-    """Write a new file (``O_EXCL``: never overwrite) with permissions ``mode``."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen nor narrow it
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-    finally:
-        if fd != -1:
-            os.close(fd)
+    """Write a new file with permissions ``mode``, whole or not at all, never over an existing one."""
+    atomic_write(path, data, mode=mode, overwrite=False, parents=False)
 
 
 def generate_key(private_path: str | os.PathLike, public_path: str | os.PathLike) -> dict[str, str]:
@@ -230,17 +222,7 @@ def sign_manifest(
         "signature": base64.b64encode(key.sign(_message(digest))).decode("ascii"),
         "signed": digest,
     }
-    fd, tmp = tempfile.mkstemp(prefix=".signature-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, json.dumps(record, indent=2, sort_keys=True) + "\n", mode=0o644, parents=False)
     return record
 
 

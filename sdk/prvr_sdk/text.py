@@ -10,7 +10,7 @@ backbone as an ONNX graph (run like the encoders). ``TextFrontend`` runs them an
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,10 @@ from prvr_sdk.bundle import Bundle
 from prvr_sdk.errors import BackendUnavailableError, BundleError, InvalidInputError
 
 __all__ = ["TextFrontend", "load_tokenizer", "missing_frontend_message"]
+
+# User-facing notices (a text cut at max_length) are log records: one line, no source line, and a serving
+# application routes them with its own logging configuration.
+log = logging.getLogger(__name__)
 
 
 def load_tokenizer(path: str | Path, max_length: int) -> Any:
@@ -133,11 +137,9 @@ class TextFrontend:
                     results[i] = np.array(out["sentence_embedding"][row], dtype=np.float32)
         if cut:
             first = min(cut)
-            warnings.warn(
+            log.warning(
                 f"{len(cut)} text(s) longer than the {self.max_length} word pieces {self.backbone} reads "
-                f"were cut (first: texts[{first}] {texts[first][:40]!r}…)",
-                UserWarning,
-                stacklevel=3,
+                f"were cut (first: texts[{first}] {texts[first][:40]!r}…)"
             )
         if self.output == "tokens":
             return results  # type: ignore[return-value]

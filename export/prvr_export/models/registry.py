@@ -6,8 +6,13 @@ the fields of ``PRVRConfig`` -- the training and data fields that ``prvr_export.
 ``prvr_export.data`` read -- usually by extending it, and adds its model's architecture and loss fields. A
 JSON file may omit fields (the dataclass default applies) but may not carry unknown ones.
 
-Public surface: ``list_configs``, ``list_models``, ``get_config`` (a fresh copy each call), ``build_model``,
-``create_model`` (config + overrides -> model) and ``register_model``. Building a model never loads weights.
+Public surface: ``list_configs``, ``list_models``, ``get_config`` (a fresh copy each call),
+``resolve_config`` (config + ``key=value`` overrides, or a checkpoint's saved fields -> config;
+``apply_overrides`` is its rule, for a config that did not come from ``get_config``),
+``build_model``, ``create_model`` (config + overrides -> model) and ``register_model``. Building a model
+never loads weights.
+The override rule lives only in ``apply_overrides``: training, resume, evaluation and ``create_model`` all go
+through it, so a field means the same thing wherever it is set.
 
 Example:
     >>> from prvr_export.models import create_model, get_config
@@ -32,6 +37,7 @@ from prvr_sdk.errors import InvalidInputError
 __all__ = [
     "CONFIG_DIR",
     "PRVRConfig",
+    "apply_overrides",
     "build_model",
     "config_to_dict",
     "create_model",
@@ -39,6 +45,7 @@ __all__ = [
     "list_configs",
     "list_models",
     "register_model",
+    "resolve_config",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -255,20 +262,60 @@ def build_model(model: str, config: Any) -> nn.Module:
     return entry.model_cls(config)
 
 
+def resolve_config(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The config of ``<model>-<dataset>`` with ``overrides`` applied (``apply_overrides``).
+
+    Used for ``--config key=value`` overrides (``prvr train``), for a checkpoint's saved fields (resume and
+    evaluation rebuild the config this way, so a field added to the registry later gets its default) and
+    by ``create_model``.
+
+    Raises:
+        InvalidInputError: unknown model/dataset pair, an unknown field (the message lists the valid ones),
+            a value the config class rejects.
+    """
+    return apply_overrides(get_config(model, dataset), overrides, f"{model}-{dataset}")
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any] | None, where: str) -> Any:
+    """A copy of the config dataclass ``config`` with ``overrides`` applied: the one override rule.
+
+    Values are coerced to the type of the field they replace where that is unambiguous (a JSON list onto
+    a tuple field, an int onto a float field), so ``--config betas=[0.9,0.98]`` works from the CLI and a JSON
+    round trip gives back an equal config. ``where`` names the config in the error message.
+
+    Raises:
+        InvalidInputError: an unknown field (the message lists the valid ones); a value the config class
+            rejects.
+    """
+    if not overrides:
+        return config
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown config field(s) {unknown} for {where}; valid fields: {', '.join(sorted(fields))}"
+        )
+    coerced = {}
+    for key, value in overrides.items():
+        current = getattr(config, key)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        coerced[key] = value
+    return dataclasses.replace(config, **coerced)
+
+
 def create_model(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> nn.Module:
-    """``build_model(model, get_config(model, dataset) with overrides)``.
+    """``build_model(model, resolve_config(model, dataset, overrides))``.
 
     Args:
         model: registered model name ("mamfusion", "amdnet", "muse").
         dataset: config name ("tvr", "activitynet", "charades", "demo", ...).
-        overrides: field -> value replacements applied before building.
+        overrides: field -> value replacements applied before building (``resolve_config``'s rule).
 
     Raises:
         InvalidInputError: unknown model / config, or an override key that is not a config field (the
             message lists the valid keys).
     """
-    config = get_config(model, dataset)
-    if overrides:
-        _check_keys(type(config), overrides, f"overrides for {model}-{dataset}")
-        config = dataclasses.replace(config, **overrides)
-    return build_model(model, config)
+    return build_model(model, resolve_config(model, dataset, overrides))

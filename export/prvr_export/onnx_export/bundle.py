@@ -32,6 +32,7 @@ from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk.errors import BundleError, InvalidInputError, ParityError
 from prvr_sdk.serving import GraphSpec, ServingSpec
 
+from ..quiet import quiet_onnx_export
 from ..scoring import l2_normalize
 from .scan_function import attach_selective_scan_function, custom_translation_table
 
@@ -122,7 +123,7 @@ def _export_graph(
     # forward(*xs): one varargs parameter, so the per-input specs sit in one tuple.
     axes = spec.dynamic_axes()
     dynamic_shapes = (tuple({ax: dims[d] for ax, d in axes[n].items()} for n in spec.input_names),)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_onnx_export():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
@@ -135,9 +136,21 @@ def _export_graph(
             custom_translation_table=custom_translation_table(),
             verbose=False,
         )
-    model = attach_selective_scan_function(program.model_proto)
+    model = _strip_node_metadata(attach_selective_scan_function(program.model_proto))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
+
+
+def _strip_node_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node debugging annotations (stack traces, FX node text, module scopes).
+
+    They record the exporting machine's source paths and code (nothing a user of the bundle needs) and
+    were over half of a small model's file.
+    """
+    for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        for node in graph_nodes:
+            del node.metadata_props[:]
+    return model
 
 
 def _parity(module, spec: GraphSpec, path: Path, cases: list[dict[str, torch.Tensor]]) -> dict[str, Any]:

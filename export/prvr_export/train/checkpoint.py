@@ -13,7 +13,11 @@ strings, lists, dicts only): ``format``, ``model_name``, ``dataset``, ``data_roo
 ``config`` (a dict), ``model`` (state_dict), ``optimizer``, ``scheduler``, ``epoch`` (epochs finished),
 ``step``, ``best_score``, ``best_epoch``, ``best_metrics``, ``es_cnt``, ``finished``, ``train_time_s`` and
 ``rng`` (python, numpy, torch, cuda and DataLoader-generator states). Writes go to a temporary file in
-the same directory and are renamed into place, so a crash never leaves a torn file.
+the same directory and are renamed into place (``prvr_sdk.fsutil.atomic_write``), so a crash never leaves
+a torn file.
+
+``resolve_checkpoint`` turns what a user passes as ``--checkpoint`` (a file, a run directory, or nothing:
+the newest run, optionally of one model) into a checkpoint path; ``prvr eval`` and ``prvr export`` share it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import dataclasses
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,15 +34,15 @@ import numpy as np
 import torch
 
 from prvr_sdk.errors import InvalidInputError
+from prvr_sdk.fsutil import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "append_jsonl",
-    "atomic_write",
     "capture_rng",
     "config_to_dict",
-    "latest_checkpoint",
     "read_checkpoint",
+    "resolve_checkpoint",
     "restore_rng",
     "save_checkpoint",
     "to_json_value",
@@ -51,30 +54,9 @@ CHECKPOINT_FORMAT = 1
 _REQUIRED_KEYS = ("format", "model_name", "dataset", "config", "model")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Pretty JSON, atomically."""
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-
-    atomic_write(path, _write)
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -92,9 +74,7 @@ def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict[str, Any]], boo
         return
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [line for line in lines if keep(json.loads(line))]
-    atomic_write(
-        path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    )
+    atomic_write(path, "".join(f"{line}\n" for line in kept))
 
 
 def to_json_value(value: Any) -> Any:
@@ -180,14 +160,42 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator | None)
         loader_generator.set_state(state["loader"].cpu())
 
 
-def latest_checkpoint(runs_dir: str | os.PathLike = "runs", name: str = "best.pt") -> Path:
-    """The newest ``<runs_dir>/*/<name>`` by modification time (what ``prvr eval``/``export`` default to).
+def resolve_checkpoint(
+    path: str | os.PathLike | None, model: str | None = None, runs_dir: str | os.PathLike = "runs"
+) -> Path:
+    """The checkpoint file that ``--checkpoint path`` (or its absence) names; shared by eval and export.
+
+    Args:
+        path: a checkpoint file (returned as is: reading it reports a missing one), a run directory (its
+            ``best.pt``), or None for the newest run under ``runs_dir`` by modification time.
+        model: with ``path=None``, only runs whose ``config.json`` records this model count.
+        runs_dir: where ``prvr train`` put its runs.
 
     Raises:
-        InvalidInputError: no run under ``runs_dir`` has that file.
+        InvalidInputError: ``path`` is None and no (matching) run under ``runs_dir`` has a ``best.pt``; the
+            message says how to make one with ``prvr train`` or to pass ``--checkpoint``.
     """
+    if path is not None:
+        path = Path(path)
+        return path / "best.pt" if path.is_dir() else path
     runs_dir = Path(runs_dir)
-    found = sorted(runs_dir.glob(f"*/{name}"), key=lambda p: p.stat().st_mtime) if runs_dir.is_dir() else []
-    if not found:
-        raise InvalidInputError(f"no {name} under {runs_dir}/ (train a model with `prvr train` first)")
-    return found[-1]
+    found = list(runs_dir.glob("*/best.pt")) if runs_dir.is_dir() else []
+    if model is not None:
+        found = [ckpt for ckpt in found if _run_model(ckpt.parent) == model]
+        if not found:
+            raise InvalidInputError(
+                f"no trained {model} run under {runs_dir}/: train one with `prvr train --model {model} "
+                f"--dataset demo --data-root DATA --out {runs_dir}/{model}-demo`, or pass --checkpoint PATH"
+            )
+    elif not found:
+        raise InvalidInputError(f"no best.pt under {runs_dir}/ (train a model with `prvr train` first)")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def _run_model(run: Path) -> str | None:
+    """The model a run directory trained (its ``config.json``), or None when that file is unreadable."""
+    try:
+        meta = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta.get("model_name") if isinstance(meta, dict) else None

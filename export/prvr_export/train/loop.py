@@ -1,8 +1,8 @@
 """The training loop: BertAdam + schedule, per-epoch validation, early stopping, exact resume.
 
-``train(model, dataset, data_root, out_dir)`` resolves the registry config (plus overrides), opens the
-data, builds the model and hands them to ``fit``, which any ``nn.Module`` with a ``loss(batch, epoch)``
-method can use (the tests train tiny models with it).
+``train(model, dataset, data_root, out_dir)`` resolves the registry config (plus overrides, with
+``prvr_export.models.registry.resolve_config``), opens the data, builds the model and hands them to ``fit``,
+which any ``nn.Module`` with a ``loss(batch, epoch)`` method can use (the tests train tiny models with it).
 
 Per epoch (0-based index ``e``, shown 1-based in logs and files):
 
@@ -42,6 +42,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+# resolve_config is the registry's (the one override rule); ``prvr_export.train`` and ``train.evaluate`` still
+# import the name from here, so it stays importable from this module.
+from prvr_export.models.registry import build_model, resolve_config
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
 from . import distributed
@@ -60,7 +63,7 @@ from .checkpoint import (
 from .evaluate import evaluate, selection_key
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["fit", "resolve_config", "seed_everything", "train"]
+__all__ = ["fit", "seed_everything", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,39 +75,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_config(model_name: str, dataset: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The registry config of ``<model>-<dataset>`` with ``overrides`` applied.
-
-    Values are coerced to the type of the field they replace where that is unambiguous (a JSON list onto
-    a tuple field, an int onto a float field), so ``--config betas=[0.9,0.98]`` works from the CLI.
-
-    Raises:
-        InvalidInputError: unknown model/dataset pair (from the registry) or an unknown field (the message
-            lists the valid ones).
-    """
-    from prvr_export.models.registry import get_config
-
-    config = get_config(model_name, dataset)
-    if not overrides:
-        return config
-    fields = {f.name: f for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise InvalidInputError(
-            f"unknown config field(s) {unknown} for {model_name}-{dataset}; "
-            f"valid fields: {', '.join(sorted(fields))}"
-        )
-    coerced = {}
-    for key, value in overrides.items():
-        current = getattr(config, key)
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        coerced[key] = value
-    return dataclasses.replace(config, **coerced)
 
 
 def _resolve_device(device: str | torch.device | None, info: distributed.DistInfo) -> torch.device:
@@ -232,7 +202,6 @@ def train(
         PrvrError: the loss became NaN/Inf.
     """
     from prvr_export.data import collate_train, open_dataset
-    from prvr_export.models.registry import build_model
 
     out_dir = Path(out_dir)
     had_group = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -321,8 +290,100 @@ def fit(
     Returns:
         As ``train``.
     """
+    run = _setup(model, config, train_set, collate_fn, Path(out_dir), meta, resume, device, num_workers)
+    if resume:
+        _resume(run)
+    elif run.info.is_main:
+        _start(run, len(train_set))
+    epochs_this_call = 0
+    with _Bar(progress and run.info.is_main, run.steps_per_epoch) as bar:
+        while not run.state["finished"] and run.state["epoch"] < run.n_epoch:
+            if max_epochs is not None and epochs_this_call >= max_epochs:
+                break
+            epoch = run.state["epoch"]
+            t0 = time.perf_counter()
+            stats = _train_epoch(run, epoch, bar)
+            train_s = time.perf_counter() - t0
+            outcome = _validate(run, eval_fn, epoch, bar) if run.info.is_main else None
+            stop = distributed.broadcast_flag(outcome is not None and outcome.stop, run.info)
+            state = run.state
+            state["epoch"] = epoch + 1
+            epochs_this_call += 1
+            state["stopped_early"] = stop
+            state["finished"] = stop or state["epoch"] >= run.n_epoch
+            state["train_time_s"] += time.perf_counter() - t0
+            if outcome is not None:
+                _record_epoch(run, epoch, stats, outcome, train_s, t0)
+    return _summary(run) if run.info.is_main else {}
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one ``fit`` call trains with: the model, its data loader and optimiser, and the resumable
+    ``state`` (the counters a checkpoint saves and ``resume`` restores)."""
+
+    model: nn.Module
+    wrapped: nn.Module  # the model as the loss is called (DDP-wrapped in a distributed run)
+    config: Any
+    info: distributed.DistInfo
+    out_dir: Path
+    meta: dict[str, Any]
+    key: str  # the selection metric
+    device: torch.device
+    loader: DataLoader
+    sampler: DistributedSampler | None
+    generator: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    n_epoch: int
+    state: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        """The checkpoint of this moment (``prvr_export.train.checkpoint`` lists the keys)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            **self.meta,
+            "config": config_to_dict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            **self.state,
+            "rng": capture_rng(self.generator),
+        }
+
+
+@dataclasses.dataclass
+class _EpochStats:
+    """Running sums of one epoch's training losses."""
+
+    loss_sum: float = 0.0
+    parts_sum: dict[str, float] = dataclasses.field(default_factory=dict)
+    n_steps: int = 0
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """Rank 0's validation of one epoch: its metrics, whether they beat the best, whether to stop."""
+
+    metrics: dict[str, Any]
+    improved: bool
+    stop: bool
+
+
+def _setup(
+    model: nn.Module,
+    config: Any,
+    train_set: Dataset,
+    collate_fn: Callable[[list], dict[str, Any]],
+    out_dir: Path,
+    meta: dict[str, Any] | None,
+    resume: bool,
+    device: str | torch.device | None,
+    num_workers: int,
+) -> _Run:
+    """Check the run directory and the data, then build the loader, optimiser and schedule (fresh state)."""
     info = distributed.current()
-    out_dir = Path(out_dir)
     meta = {
         "model_name": type(model).__name__,
         "dataset": "",
@@ -366,10 +427,6 @@ def fit(
         optimizer, config.schedule, steps_per_epoch * n_epoch, float(config.lr_warmup_proportion)
     )
     wrapped = distributed.wrap_model(model, info, device)
-    clamp = getattr(model, "clamp_logit_scale", None)
-    hard_start = getattr(config, "hard_negative_start_epoch", None)
-    max_es_cnt = int(getattr(config, "max_es_cnt", -1))
-
     state: dict[str, Any] = {
         "epoch": 0,
         "step": 0,
@@ -381,172 +438,174 @@ def fit(
         "stopped_early": False,
         "train_time_s": 0.0,
     }
-    if resume:
-        ckpt = read_checkpoint(out_dir / "last.pt", map_location=device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        for name in state:
-            state[name] = ckpt[name]
-        restore_rng(ckpt["rng"], generator)
-        if info.is_main:
-            truncate_jsonl(out_dir / "metrics.jsonl", lambda rec: rec.get("epoch", 0) <= state["epoch"])
-        logger.info(
-            "resumed %s after epoch %d (best %s %.2f at epoch %d)",
-            out_dir,
-            state["epoch"],
-            key,
-            state["best_score"],
-            state["best_epoch"],
+    return _Run(
+        model, wrapped, config, info, out_dir, meta, key, device, loader, sampler, generator, optimizer,
+        scheduler, steps_per_epoch, n_epoch, state,
+    )
+
+
+def _resume(run: _Run) -> None:
+    """Load ``last.pt``: weights, optimiser, schedule, counters and every RNG: training continues exactly."""
+    ckpt = read_checkpoint(run.out_dir / "last.pt", map_location=run.device)
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    for name in run.state:
+        run.state[name] = ckpt[name]
+    restore_rng(ckpt["rng"], run.generator)
+    if run.info.is_main:
+        truncate_jsonl(run.out_dir / "metrics.jsonl", lambda rec: rec.get("epoch", 0) <= run.state["epoch"])
+    logger.info(
+        "resumed %s after epoch %d (best %s %.2f at epoch %d)",
+        run.out_dir,
+        run.state["epoch"],
+        run.key,
+        run.state["best_score"],
+        run.state["best_epoch"],
+    )
+
+
+def _start(run: _Run, n_items: int) -> None:
+    """Create the run directory with ``config.json`` and an empty ``metrics.jsonl`` (rank 0)."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run.out_dir / "config.json", {**run.meta, "config": config_to_dict(run.config)})
+    (run.out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+    logger.info(
+        "training %s on %s: %d train items, %d steps/epoch, up to %d epochs, out %s",
+        run.meta["model_name"],
+        run.meta["dataset"] or "data",
+        n_items,
+        run.steps_per_epoch,
+        run.n_epoch,
+        run.out_dir,
+    )
+
+
+def _train_epoch(run: _Run, epoch: int, bar: _Bar) -> _EpochStats:
+    """One pass over the loader: loss, backward, optimiser and schedule step per batch.
+
+    Raises:
+        PrvrError: the loss became NaN/Inf (names the epoch, the step and the loss parts).
+    """
+    hard_start = getattr(run.config, "hard_negative_start_epoch", None)
+    if hard_start is not None and epoch == hard_start and epoch > 0:
+        logger.info("epoch %d: hard negatives on from here (hard_negative_start_epoch %d)", epoch + 1, epoch)
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    clamp = getattr(run.model, "clamp_logit_scale", None)
+    run.model.train()
+    bar.reset(f"epoch {epoch + 1}/{run.n_epoch}", run.steps_per_epoch)
+    stats = _EpochStats()
+    for batch in run.loader:
+        batch = _to_device(batch, run.device)
+        loss, parts = run.wrapped(batch, epoch)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise PrvrError(
+                f"the training loss became {value} at epoch {epoch + 1}, step {stats.n_steps + 1} "
+                f"(parts {parts}); check the inputs for NaN/Inf or lower the learning rate"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        if clamp is not None:
+            clamp()
+        run.state["step"] += 1
+        stats.n_steps += 1
+        stats.loss_sum += value
+        for name, part in (parts or {}).items():
+            part = part.detach() if isinstance(part, torch.Tensor) else part
+            stats.parts_sum[name] = stats.parts_sum.get(name, 0.0) + float(part)
+        bar.update(1, status=f"loss {stats.loss_sum / stats.n_steps:.4f}")
+    return stats
+
+
+def _validate(run: _Run, eval_fn: EvalFn, epoch: int, bar: _Bar) -> _Outcome:
+    """Rank 0: score the epoch, update the best score and the early-stopping counter in ``run.state``."""
+    bar.update(status="validating")
+    metrics = eval_fn(run.model)
+    if run.key not in metrics:
+        raise InvalidInputError(f"eval_fn returned {sorted(metrics)}; expected a {run.key!r} entry")
+    score = float(metrics[run.key])
+    state = run.state
+    improved = score > state["best_score"]
+    state["epoch"] = epoch + 1
+    stop = False
+    if improved:
+        state.update(best_score=score, best_epoch=epoch + 1, es_cnt=0)
+        state["best_metrics"] = {k: _plain(v) for k, v in metrics.items()}
+    else:
+        state["es_cnt"] += 1
+        max_es_cnt = int(getattr(run.config, "max_es_cnt", -1))
+        stop = max_es_cnt != -1 and state["es_cnt"] > max_es_cnt
+    return _Outcome(metrics, improved, stop)
+
+
+def _record_epoch(
+    run: _Run, epoch: int, stats: _EpochStats, outcome: _Outcome, train_s: float, t0: float
+) -> None:
+    """Rank 0, after the epoch's state is final: ``best.pt`` + ``best_metrics.json`` when it improved, one
+    ``metrics.jsonl`` line, ``last.pt``, and the log line."""
+    state, meta, metrics, improved = run.state, run.meta, outcome.metrics, outcome.improved
+    steps = max(stats.n_steps, 1)
+    record = {
+        "epoch": epoch + 1,
+        "step": state["step"],
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "loss": stats.loss_sum / steps,
+        "parts": {k: v / steps for k, v in stats.parts_sum.items()},
+        "split": meta["eval_split"],
+        **{k: _plain(v) for k, v in metrics.items()},
+        "improved": improved,
+        "best": state["best_score"],
+        "best_epoch": state["best_epoch"],
+        "es_cnt": state["es_cnt"],
+        "train_s": round(train_s, 3),
+        "epoch_s": round(time.perf_counter() - t0, 3),
+    }
+    if improved:
+        save_checkpoint(run.out_dir / "best.pt", run.payload())
+        write_json(
+            run.out_dir / "best_metrics.json",
+            {"epoch": epoch + 1, "split": meta["eval_split"], "selection": run.key, **state["best_metrics"]},
         )
-    elif info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", {**meta, "config": config_to_dict(config)})
-        (out_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+    append_jsonl(run.out_dir / "metrics.jsonl", record)
+    save_checkpoint(run.out_dir / "last.pt", run.payload())
+    logger.info(
+        "epoch %d/%d  loss %.4f  %s %s  best %s %.2f (epoch %d)%s  %.1fs",
+        epoch + 1,
+        run.n_epoch,
+        record["loss"],
+        meta["eval_split"] or "eval",
+        _fmt_metrics(metrics, ("R@1", "R@5", "R@10", "R@100", "SumR", "mIoU")),
+        run.key,
+        state["best_score"],
+        state["best_epoch"],
+        "  *" if improved else "",
+        record["epoch_s"],
+    )
+    if state["stopped_early"]:
         logger.info(
-            "training %s on %s: %d train items, %d steps/epoch, up to %d epochs, out %s",
-            meta["model_name"],
-            meta["dataset"] or "data",
-            len(train_set),
-            steps_per_epoch,
-            n_epoch,
-            out_dir,
+            "early stop: %d epochs without a better %s (max_es_cnt %d)",
+            state["es_cnt"],
+            run.key,
+            int(getattr(run.config, "max_es_cnt", -1)),
         )
 
-    def payload() -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            **meta,
-            "config": config_to_dict(config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            **state,
-            "rng": capture_rng(generator),
-        }
 
-    epochs_this_call = 0
-    with _Bar(progress and info.is_main, steps_per_epoch) as bar:
-        while not state["finished"] and state["epoch"] < n_epoch:
-            if max_epochs is not None and epochs_this_call >= max_epochs:
-                break
-            epoch = state["epoch"]
-            if hard_start is not None and epoch == hard_start and epoch > 0:
-                logger.info(
-                    "epoch %d: hard negatives on from here (hard_negative_start_epoch %d)", epoch + 1, epoch
-                )
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            t0 = time.perf_counter()
-            model.train()
-            bar.reset(f"epoch {epoch + 1}/{n_epoch}", steps_per_epoch)
-            loss_sum, parts_sum, n_steps = 0.0, {}, 0
-            for batch in loader:
-                batch = _to_device(batch, device)
-                loss, parts = wrapped(batch, epoch)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise PrvrError(
-                        f"the training loss became {value} at epoch {epoch + 1}, step {n_steps + 1} "
-                        f"(parts {parts}); check the inputs for NaN/Inf or lower the learning rate"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                if clamp is not None:
-                    clamp()
-                state["step"] += 1
-                n_steps += 1
-                loss_sum += value
-                for name, part in (parts or {}).items():
-                    part = part.detach() if isinstance(part, torch.Tensor) else part
-                    parts_sum[name] = parts_sum.get(name, 0.0) + float(part)
-                bar.update(1, status=f"loss {loss_sum / n_steps:.4f}")
-            train_s = time.perf_counter() - t0
-
-            stop = False
-            if info.is_main:
-                bar.update(status="validating")
-                metrics = eval_fn(model)
-                if key not in metrics:
-                    raise InvalidInputError(f"eval_fn returned {sorted(metrics)}; expected a {key!r} entry")
-                score = float(metrics[key])
-                improved = score > state["best_score"]
-                state["epoch"] = epoch + 1
-                if improved:
-                    state.update(best_score=score, best_epoch=epoch + 1, es_cnt=0)
-                    state["best_metrics"] = {k: _plain(v) for k, v in metrics.items()}
-                else:
-                    state["es_cnt"] += 1
-                    stop = max_es_cnt != -1 and state["es_cnt"] > max_es_cnt
-            stop = distributed.broadcast_flag(stop, info)
-            state["epoch"] = epoch + 1
-            epochs_this_call += 1
-            state["stopped_early"] = stop
-            state["finished"] = stop or state["epoch"] >= n_epoch
-            state["train_time_s"] += time.perf_counter() - t0
-            if info.is_main:
-                record = {
-                    "epoch": epoch + 1,
-                    "step": state["step"],
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "loss": loss_sum / max(n_steps, 1),
-                    "parts": {k: v / max(n_steps, 1) for k, v in parts_sum.items()},
-                    "split": meta["eval_split"],
-                    **{k: _plain(v) for k, v in metrics.items()},
-                    "improved": improved,
-                    "best": state["best_score"],
-                    "best_epoch": state["best_epoch"],
-                    "es_cnt": state["es_cnt"],
-                    "train_s": round(train_s, 3),
-                    "epoch_s": round(time.perf_counter() - t0, 3),
-                }
-                if improved:
-                    save_checkpoint(out_dir / "best.pt", payload())
-                    write_json(
-                        out_dir / "best_metrics.json",
-                        {
-                            "epoch": epoch + 1,
-                            "split": meta["eval_split"],
-                            "selection": key,
-                            **state["best_metrics"],
-                        },
-                    )
-                append_jsonl(out_dir / "metrics.jsonl", record)
-                save_checkpoint(out_dir / "last.pt", payload())
-                logger.info(
-                    "epoch %d/%d  loss %.4f  %s %s  best %s %.2f (epoch %d)%s  %.1fs",
-                    epoch + 1,
-                    n_epoch,
-                    record["loss"],
-                    meta["eval_split"] or "eval",
-                    _fmt_metrics(metrics, ("R@1", "R@5", "R@10", "R@100", "SumR", "mIoU")),
-                    key,
-                    state["best_score"],
-                    state["best_epoch"],
-                    "  *" if improved else "",
-                    record["epoch_s"],
-                )
-                if stop:
-                    logger.info(
-                        "early stop: %d epochs without a better %s (max_es_cnt %d)",
-                        state["es_cnt"],
-                        key,
-                        max_es_cnt,
-                    )
-
-    if not info.is_main:
-        return {}
+def _summary(run: _Run) -> dict[str, Any]:
+    """What ``fit`` returns: the best epoch's metrics and how the run went."""
+    state = run.state
     return {
         **state["best_metrics"],
         "epoch": state["best_epoch"],
-        "split": meta["eval_split"],
-        "selection": key,
+        "split": run.meta["eval_split"],
+        "selection": run.key,
         "score": state["best_score"],
         "epochs_run": state["epoch"],
         "stopped_early": state["stopped_early"],
         "finished": state["finished"],
         "train_time_s": round(state["train_time_s"], 3),
-        "out_dir": str(out_dir),
+        "out_dir": str(run.out_dir),
     }

@@ -6,6 +6,7 @@ Format: docs/architecture.md §4.
   versioned saves, a writer lock, metadata filters and the winning clip's time span (``exact.py``);
 * ``Index``       -- the protocol adapters implement (``base.py``); ``ScoringRule`` -- how a query and a
   video's vectors make a score;
+* input checks that make a segment (``ingest.py``), saving/loading/verifying versions (``persist.py``);
 * filters (``filters.py``), the lock and its errors (``locking.py``), the on-disk format (``store.py``).
 
 numpy only: nothing here imports torch.

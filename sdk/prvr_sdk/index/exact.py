@@ -18,38 +18,35 @@ Writes are incremental: ``add`` appends a segment, ``remove`` marks videos dead 
 first ``add`` / ``remove`` / ``upsert`` and keeps it until ``save`` or ``close`` -- so a second writer
 hears about the conflict before it does any work, not after. Searching never locks.
 
+This module is the façade: bookkeeping, the writer-lock protocol and the search driver. Turning user
+arrays into a checked segment is ``ingest.py``'s; writing, loading and verifying versions is
+``persist.py``'s (the methods here call them).
+
 Thread safety: ``search`` may run from several threads at once (numpy releases the GIL in the matrix
 products); ``add``, ``remove``, ``upsert`` and ``save`` need the caller's own synchronisation.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
 import os
-import shutil
-import time
 import weakref
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from prvr_sdk import __version__
-from prvr_sdk.errors import IndexMismatchError, InvalidInputError, ShapeMismatchError
+from prvr_sdk.errors import InvalidInputError
 from prvr_sdk.hits import Hit
-from prvr_sdk.index import store
+from prvr_sdk.index import persist, store
 from prvr_sdk.index.base import ScoringRule, check_vectors
-from prvr_sdk.index.blocks import WRITE_CHUNK, clip_rows, dot_f16, max_per_video, video_blocks
+from prvr_sdk.index.blocks import clip_rows, dot_f16, max_per_video, video_blocks
 from prvr_sdk.index.filters import Filter, compile_filter
+from prvr_sdk.index.ingest import build_segment, check_ids
 from prvr_sdk.index.locking import IndexConflictError, WriterLock
 from prvr_sdk.index.segment import Segment, SegmentView
-from prvr_sdk.index.store import IndexFormatError, SegmentFiles
 from prvr_sdk.index.topk import TopK
-from prvr_sdk.progress import progress
 from prvr_sdk.scoring import weighted_score
 
 __all__ = ["ExactIndex"]
@@ -206,24 +203,7 @@ class ExactIndex:
         Raises:
             IndexFormatError: the first problem, naming the file (and line).
         """
-        root = Path(path).absolute()
-        name, manifest = store.open_current(root)
-        index = cls._from_manifest(manifest, root)
-        files = bytes_ = 0
-        with progress(len(manifest["segments"]), "verify segments", show_progress) as advance:
-            for entry in manifest["segments"]:
-                seg = Segment.open(
-                    store.segment_dir(root / name, entry["name"]), entry, index.scoring, index.dim,
-                    mmap=True, verify=True,
-                )
-                for row in range(len(seg)):
-                    seg.metadata(row)
-                files += len(seg.files)
-                bytes_ += sum(int(f["bytes"]) for f in seg.files.values())
-                advance(1)
-        return {"path": str(root), "version": name, "ok": True, "segments": len(manifest["segments"]),
-                "videos": sum(int(e.get("videos", 0)) for e in manifest["segments"]), "files": files,
-                "bytes": bytes_, "manifest_sealed": store.SELF_DIGEST in manifest}
+        return persist.verify(cls, path, show_progress)
 
     def __enter__(self) -> ExactIndex:
         return self
@@ -297,10 +277,12 @@ class ExactIndex:
         self._add(video_ids, clip_embs, video_embs, spans, metadata, replace=True)
 
     def _add(self, video_ids, clip_embs, video_embs, spans, metadata, replace: bool) -> None:
-        ids = self._check_ids(video_ids, allow_existing=replace)
+        ids = check_ids(video_ids, existing=None if replace else self._id_map())
         if not ids:
             return
-        segment = self._build_segment(ids, clip_embs, video_embs, spans, metadata)
+        segment = build_segment(
+            ids, clip_embs, video_embs, spans, metadata, dim=self.dim, scoring=self.scoring
+        )
         self._begin_write()
         if replace:
             self._remove_ids(ids)
@@ -309,139 +291,6 @@ class ExactIndex:
             for row, video_id in enumerate(ids):
                 self._locate[video_id] = (segment, row)
         self._dirty = True
-
-    def _check_ids(self, video_ids: Sequence[str], allow_existing: bool) -> list[str]:
-        if isinstance(video_ids, str):
-            raise InvalidInputError(
-                f"video_ids: expected a list of ids, got the string {video_ids!r}; wrap it in a list"
-            )
-        ids = list(video_ids)
-        for i, video_id in enumerate(ids):
-            if not isinstance(video_id, str) or not video_id:
-                raise InvalidInputError(f"video_ids[{i}]: expected a non-empty string, got {video_id!r}")
-        repeated = [v for v, n in Counter(ids).items() if n > 1]
-        if repeated:
-            raise InvalidInputError(f"video_ids: duplicate ids in one call: {repeated[:5]}")
-        if not allow_existing:
-            locate = self._id_map()
-            existing = [v for v in ids if v in locate]
-            if existing:
-                raise InvalidInputError(
-                    f"video_ids: already in the index: {existing[:5]} "
-                    f"({len(existing)} in all); remove them first or use upsert() (`prvr index add --upsert`)"
-                )
-        return ids
-
-    def _build_segment(self, ids, clip_embs, video_embs, spans, metadata) -> Segment:
-        nv, rule = len(ids), self.scoring
-        offsets = clips = span_rows = vectors = None
-        if rule.uses_clips:
-            if clip_embs is None:
-                raise InvalidInputError(f"clip_embs: scoring {rule.kind!r} needs clip embeddings, got None")
-            if len(clip_embs) != nv:
-                raise ShapeMismatchError(
-                    f"clip_embs: expected {nv} entries (one per id), got {len(clip_embs)}"
-                )
-            array = self._check_clip_array(clip_embs, nv)
-            if array is not None:  # one [Nv, Nc, D] array, checked at once
-                counts = np.full(nv, array.shape[1], dtype=np.int64)
-                clips = array.reshape(-1, self.dim).astype(np.float16)
-            else:
-                blocks = []
-                for i, emb in enumerate(clip_embs):
-                    block = check_vectors(emb, self.dim, f"clip_embs[{i}] (video {ids[i]!r})")
-                    if len(block) == 0:
-                        raise InvalidInputError(
-                            f"clip_embs[{i}] (video {ids[i]!r}): expected at least one clip, got none"
-                        )
-                    blocks.append(block)
-                counts = np.array([len(b) for b in blocks], dtype=np.int64)
-                clips = np.concatenate(blocks).astype(np.float16)
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            span_rows = self._check_spans(spans, ids, counts)
-        elif clip_embs is not None:
-            raise InvalidInputError(
-                "clip_embs: scoring 'video' stores one vector per video and no clips; pass video_embs only"
-            )
-        elif spans is not None:
-            raise InvalidInputError(
-                "spans: scoring 'video' has no clips to give spans to; put the video's "
-                "length in metadata['duration'] instead"
-            )
-        if rule.uses_video_vectors:
-            if video_embs is None:
-                raise InvalidInputError(f"video_embs: scoring {rule.kind!r} needs video embeddings, got None")
-            vectors = check_vectors(video_embs, self.dim, "video_embs")
-            if len(vectors) != nv:
-                raise ShapeMismatchError(f"video_embs: expected {nv} rows (one per id), got {len(vectors)}")
-            vectors = vectors.astype(np.float16)
-        elif video_embs is not None:
-            raise InvalidInputError(
-                "video_embs: scoring 'max_clip' uses clip embeddings only; drop video_embs "
-                "or use scoring 'weighted'"
-            )
-        lines = self._check_metadata(metadata, nv)
-        return Segment(ids, offsets, clips, span_rows, vectors, metadata_lines=lines)
-
-    def _check_clip_array(self, clip_embs: Any, nv: int) -> np.ndarray | None:
-        """Fast path for one ``[Nv, Nc, D]`` array: check it at once (None: use the per-video checks,
-        which also name the video of the first bad clip)."""
-        if not isinstance(clip_embs, np.ndarray) or clip_embs.ndim != 3 or clip_embs.shape[1] == 0:
-            return None
-        try:
-            flat = check_vectors(clip_embs.reshape(-1, clip_embs.shape[2]), self.dim, "clip_embs")
-        except (InvalidInputError, ShapeMismatchError):
-            return None
-        return flat.reshape(nv, clip_embs.shape[1], self.dim)
-
-    @staticmethod
-    def _check_spans(spans, ids: list[str], counts: np.ndarray) -> np.ndarray:
-        out = np.full((int(counts.sum()), 2), np.nan)
-        if spans is None:
-            return out
-        if len(spans) != len(ids):
-            raise ShapeMismatchError(f"spans: expected {len(ids)} entries (one per id), got {len(spans)}")
-        row = 0
-        for i, (span, count) in enumerate(zip(spans, counts, strict=True)):
-            if span is not None:
-                where = f"spans[{i}] (video {ids[i]!r})"
-                arr = np.asarray(span, dtype=np.float64)
-                if arr.shape != (count, 2):
-                    raise ShapeMismatchError(
-                        f"{where}: expected shape {(int(count), 2)} (one [start, end] per "
-                        f"clip), got {arr.shape}"
-                    )
-                if not np.isfinite(arr).all():
-                    raise InvalidInputError(f"{where}: expected finite seconds, got NaN or Inf")
-                if (arr[:, 0] > arr[:, 1]).any():
-                    bad = int(np.flatnonzero(arr[:, 0] > arr[:, 1])[0])
-                    raise InvalidInputError(f"{where}: clip {bad} starts after it ends ({arr[bad].tolist()})")
-                out[row : row + count] = arr
-            row += count
-        return out
-
-    @staticmethod
-    def _check_metadata(metadata, nv: int) -> list[bytes]:
-        if metadata is None:
-            return [b"{}"] * nv
-        if isinstance(metadata, Mapping) or len(metadata) != nv:
-            got = "a single dict" if isinstance(metadata, Mapping) else f"{len(metadata)} entries"
-            raise ShapeMismatchError(f"metadata: expected a list of {nv} dicts (one per id), got {got}")
-        lines = []
-        for i, record in enumerate(metadata):
-            if record is None:
-                lines.append(b"{}")
-                continue
-            if not isinstance(record, Mapping) or not all(isinstance(k, str) for k in record):
-                raise InvalidInputError(
-                    f"metadata[{i}]: expected a dict with string keys, got {record!r:.80}"
-                )
-            try:
-                text = json.dumps(dict(record), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-            except (TypeError, ValueError) as exc:
-                raise InvalidInputError(f"metadata[{i}]: not JSON-serialisable ({exc})") from None
-            lines.append(text.encode())
-        return lines
 
     def remove(self, video_ids: Sequence[str] | str) -> int:
         """Remove videos by id; unknown ids are ignored (like faiss ``remove_ids`` and Qdrant deletes).
@@ -683,149 +532,7 @@ class ExactIndex:
             IndexConflictError: ``path`` holds another index (``overwrite=True`` replaces it) or a version
                 newer than the one this object was loaded from.
         """
-        if path is None and self._path is None:
-            raise InvalidInputError("save: this index was never saved; pass a directory path")
-        root = Path(path).absolute() if path is not None else self._path
-        assert root is not None
-        if not store.is_index_dir_or_empty(root):
-            raise IndexFormatError(
-                f"cannot save index to {root}: it exists and holds other files "
-                "(choose a new or empty directory)"
-            )
-        bound_here = self._path is not None and root.resolve() == self._path.resolve()
-        if bound_here and not self._dirty and not merge and store.read_current(root) == self._version:
-            return root  # nothing to commit
-        lock = self._lock if bound_here and self._lock is not None else WriterLock(root)
-        root.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-        try:
-            current = store.read_current(root)
-            expected = self._version if bound_here else None
-            if current is not None and current != expected and not overwrite:
-                raise IndexConflictError(
-                    f"cannot save to {root}: it holds version {current}, but this index was "
-                    + (
-                        f"loaded at version {expected}; another writer committed in between (load it "
-                        "again and re-apply the changes)"
-                        if bound_here
-                        else "not loaded from there; pass overwrite=True (`--overwrite`) to replace it"
-                    )
-                )
-            store.remove_leftovers(root)
-            name = store.new_version_name(root)
-            tmp = store.temp_dir(root, name)
-            tmp.mkdir()
-            try:
-                entries = self._write_segments(tmp, merge, fsync)
-                manifest = self._manifest(name, current, entries)
-                store.commit(root, tmp, name, manifest, fsync)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            vdir = root / name
-            self._segments = [
-                Segment.open(vdir / e["name"], e, self.scoring, self.dim, self._mmap, False, self._float32)
-                for e in entries
-            ]
-            self._locate = None
-            self._dirty = False
-        finally:
-            lock.release()
-        self._bind(root, name)
-        return root
-
-    def _write_segments(self, tmp: Path, merge: bool, fsync: bool) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        pending: list[tuple[Segment, np.ndarray | None]] = []
-        for seg in self._segments:
-            live = int(np.count_nonzero(seg.alive))
-            if live == 0:
-                continue
-            keep = None if live == len(seg) else np.flatnonzero(seg.alive)
-            if merge or seg.source is None:
-                pending.append((seg, keep))
-            elif keep is not None:  # compaction: rewrite without the removed videos
-                entries.append(self._write_segment(tmp, [(seg, keep)], fsync))
-            else:
-                assert seg.name is not None
-                try:
-                    SegmentFiles.link(seg.source, tmp / seg.name, seg.files)
-                except FileNotFoundError:  # its version was collected meanwhile ("save as" elsewhere):
-                    shutil.rmtree(tmp / seg.name, ignore_errors=True)  # write it from our mapped copy
-                    entries.append(self._write_segment(tmp, [(seg, None)], fsync))
-                    continue
-                entries.append(
-                    {"name": seg.name, "videos": len(seg), "clips": seg.num_clips, "files": seg.files}
-                )
-        if pending:  # unsaved segments always come after saved ones, so appending keeps insertion order
-            entries.append(self._write_segment(tmp, pending, fsync))
-        return entries
-
-    def _write_segment(self, tmp: Path, parts: list[tuple[Segment, np.ndarray | None]], fsync: bool) -> dict:
-        name = f"seg-{self._next_segment:06d}"
-        self._next_segment += 1
-        segs = [seg for seg, _ in parts]
-        rows_of = [np.arange(len(seg)) if keep is None else keep for seg, keep in parts]
-        ids = [seg.ids[i] for seg, rows in zip(segs, rows_of, strict=True) for i in rows]
-        lines = (seg.metadata_line(int(i)) for seg, rows in zip(segs, rows_of, strict=True) for i in rows)
-        offsets = clip_chunks = spans = vector_chunks = None
-        if self.scoring.uses_clips:
-            counts = np.concatenate(
-                [np.diff(seg.offsets)[rows] for seg, rows in zip(segs, rows_of, strict=True)]
-            )
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            clip_idx = [None if keep is None else clip_rows(seg.offsets, keep) for seg, keep in parts]
-            pairs = list(zip(segs, clip_idx, strict=True))
-            clip_chunks = itertools.chain.from_iterable(
-                store.iter_chunks(seg.clips, idx, WRITE_CHUNK) for seg, idx in pairs
-            )
-            spans = np.concatenate(
-                [np.asarray(seg.spans if idx is None else seg.spans[idx]) for seg, idx in pairs]
-            )
-        if self.scoring.uses_video_vectors:
-            vector_chunks = itertools.chain.from_iterable(
-                store.iter_chunks(seg.vectors, keep, WRITE_CHUNK) for seg, keep in parts
-            )
-        files = SegmentFiles.write(
-            tmp / name,
-            dim=self.dim,
-            ids=ids,
-            metadata_lines=lines,
-            offsets=offsets,
-            clip_chunks=clip_chunks,
-            spans=spans,
-            vector_chunks=vector_chunks,
-            fsync=fsync,
-        )
-        return {
-            "name": name,
-            "videos": len(ids),
-            "clips": 0 if offsets is None else int(offsets[-1]),
-            "files": files,
-        }
-
-    def _manifest(self, name: str, previous: str | None, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "format": store.FORMAT,
-            "format_version": store.FORMAT_VERSION,
-            "created_by": f"prvr-sdk {__version__}",
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "version": name,
-            "previous": previous,
-            "dim": self.dim,
-            "scoring": self.scoring.to_dict(),
-            "model": self.model,
-            "bundle_sha256": self.bundle_sha256,
-            "bundle_path": self.bundle_path,
-            "dtypes": {"clips": "float16", "video_vecs": "float16", "spans": "float64", "offsets": "int64"},
-            "counts": {
-                "videos": sum(e["videos"] for e in entries),
-                "clips": sum(e["clips"] for e in entries),
-                "segments": len(entries),
-            },
-            "next_segment": self._next_segment,
-            "segments": entries,
-        }
+        return persist.save(self, path, overwrite, merge, fsync)
 
     @classmethod
     def load(
@@ -858,69 +565,7 @@ class ExactIndex:
             IndexFormatError: not an index; a file missing, truncated or (``verify``) corrupted.
             IndexMismatchError: ``bundle_sha256``, ``model`` or ``dim`` differ from the index's.
         """
-        root = Path(path).absolute()
-        for attempt in range(3):
-            name, manifest = store.open_current(root)
-            index = cls._from_manifest(manifest, root)
-            index._check_expected(root, bundle_sha256, model, dim)
-            index._mmap, index._float32 = mmap, float32
-            try:
-                index._segments = [
-                    Segment.open(
-                        store.segment_dir(root / name, e["name"]), e, index.scoring, index.dim, mmap,
-                        verify, float32,
-                    )
-                    for e in manifest["segments"]
-                ]
-            except (FileNotFoundError, IndexFormatError):
-                if attempt < 2 and store.read_current(root) != name:
-                    continue  # a writer replaced the version while we opened it
-                raise
-            index._next_segment = manifest.get("next_segment", len(index._segments) + 1)
-            index._bind(root, name)
-            return index
-        raise AssertionError("unreachable")
-
-    @classmethod
-    def _from_manifest(cls, manifest: dict[str, Any], root: Path) -> ExactIndex:
-        try:
-            index = cls(
-                manifest["dim"],
-                manifest["scoring"],
-                manifest.get("bundle_sha256"),
-                manifest.get("model"),
-                manifest.get("bundle_path"),
-            )
-            segments = manifest["segments"]
-            if not isinstance(segments, list) or not all(
-                isinstance(e, dict) and "name" in e for e in segments
-            ):
-                raise TypeError("segments must be a list of objects with a name")
-            names = [e["name"] for e in segments]
-            if len(set(map(repr, names))) != len(names):
-                raise TypeError(f"segment names repeat: {names}")
-            following = manifest.get("next_segment", len(segments) + 1)
-            if isinstance(following, bool) or not isinstance(following, int) or following < 1:
-                raise TypeError(f"next_segment must be a positive integer, got {following!r:.40}")
-        except KeyError as exc:
-            raise IndexFormatError(f"{root}: malformed index manifest (no key {exc})") from None
-        except (TypeError, ValueError, InvalidInputError) as exc:
-            raise IndexFormatError(f"{root}: malformed index manifest ({exc})") from None
-        return index
-
-    def _check_expected(
-        self, root: Path, bundle_sha256: str | None, model: str | None, dim: int | None
-    ) -> None:
-        where = f"index {root}"
-        if bundle_sha256 is not None and bundle_sha256 != self.bundle_sha256:
-            recorded = self.bundle_sha256 or "none (built without a bundle hash)"
-            raise IndexMismatchError(
-                f"{where} was built for bundle sha256 {recorded}, not the expected "
-                f"{bundle_sha256}; rebuild the index with this bundle"
-            )
-        if model is not None and model != self.model:
-            raise IndexMismatchError(
-                f"{where} was built for model {self.model!r}, not the expected {model!r}"
-            )
-        if dim is not None and dim != self.dim:
-            raise IndexMismatchError(f"{where} stores {self.dim}-dimensional embeddings, expected {dim}")
+        return persist.load(
+            cls, path, mmap=mmap, bundle_sha256=bundle_sha256, model=model, dim=dim, verify=verify,
+            float32=float32,
+        )

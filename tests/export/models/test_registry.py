@@ -132,6 +132,33 @@ def test_create_model_applies_overrides():
     assert registry.get_config("amdnet", "demo").d_model == 128  # the registry's copy is untouched
 
 
+def test_resolve_config_applies_and_checks_overrides():
+    config = registry.resolve_config(
+        "amdnet", "demo", {"betas": [0.9, 0.98], "lr": 1, "lr_groups": [["mamba", 10]]}
+    )
+    assert config.betas == (0.9, 0.98) and isinstance(config.lr, float) and config.lr == 1.0
+    assert config.lr_groups == (("mamba", 10),)
+    with pytest.raises(
+        InvalidInputError, match=r"unknown config field\(s\) \['learning_rate'\].*valid fields"
+    ):
+        registry.resolve_config("amdnet", "demo", {"learning_rate": 1.0})
+
+
+def test_apply_overrides_works_on_any_config_and_names_it():
+    base = registry.get_config("amdnet", "demo")
+    assert registry.apply_overrides(base, None, "x") is base
+    assert registry.apply_overrides(base, {"lr": 2}, "x").lr == 2.0 and base.lr != 2.0
+    with pytest.raises(InvalidInputError, match=r"unknown config field\(s\) \['nope'\] for my checkpoint"):
+        registry.apply_overrides(base, {"nope": 1}, "my checkpoint")
+
+
+def test_create_model_uses_the_same_override_rule():
+    """One rule: an override means the same to create_model as to training (JSON ints onto float fields)."""
+    model = registry.create_model("amdnet", "demo", overrides={"lr": 1})
+    assert model.config == registry.resolve_config("amdnet", "demo", {"lr": 1})
+    assert isinstance(model.config.lr, float)
+
+
 def test_unknown_override_key_lists_valid_keys():
     with pytest.raises(InvalidInputError) as info:
         registry.create_model("mamfusion", "demo", overrides={"hidden_size": 64})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from prvr_export.train import checkpoint as ckpt_mod
-from prvr_export.train.checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint
+from prvr_export.train.checkpoint import read_checkpoint, save_checkpoint
 from prvr_export.train.loop import fit, seed_everything
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
@@ -277,25 +276,3 @@ def test_read_checkpoint_errors_name_the_file(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(InvalidInputError, match="foreign.pt: not a prvr training checkpoint"):
         read_checkpoint(foreign)
-
-
-def test_latest_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match="no best.pt"):
-        latest_checkpoint(tmp_path)
-    for i, name in enumerate(["old", "new"]):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "best.pt").write_bytes(b"x")
-        os.utime(tmp_path / name / "best.pt", (1000 + i, 1000 + i))
-    assert latest_checkpoint(tmp_path) == tmp_path / "new" / "best.pt"
-
-
-def test_resolve_config_applies_and_checks_overrides() -> None:
-    from prvr_export.train.loop import resolve_config
-
-    config = resolve_config("amdnet", "demo", {"betas": [0.9, 0.98], "lr": 1, "lr_groups": [["mamba", 10]]})
-    assert config.betas == (0.9, 0.98) and isinstance(config.lr, float) and config.lr == 1.0
-    assert config.lr_groups == (("mamba", 10),)
-    with pytest.raises(
-        InvalidInputError, match=r"unknown config field\(s\) \['learning_rate'\].*valid fields"
-    ):
-        resolve_config("amdnet", "demo", {"learning_rate": 1.0})
