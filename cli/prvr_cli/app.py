@@ -7,11 +7,10 @@ need inside their own function, so `prvr --help` starts in a fraction of a secon
 from __future__ import annotations
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 import prvr_sdk
-from prvr_cli import data, doctor, encode, evaluate, export, index, keys, search, train
+from prvr_cli import data, doctor, encode, evaluate, export, import_cmd, index, keys, search, train
+from prvr_cli.common import print_error
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
 # What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
@@ -74,6 +73,7 @@ app.command(name="doctor")(doctor.doctor)
 app.command(name="train")(train.train)
 app.command(name="eval")(evaluate.evaluate)
 app.command(name="export")(export.export)
+app.command(name="import")(import_cmd.import_official)
 app.command(name="encode")(encode.encode)
 app.add_typer(index.app, name="index")
 app.command(name="search")(search.search)
@@ -100,6 +100,6 @@ def main() -> None:
     """Console-script entry point: run the app and turn a PrvrError into its documented exit code."""
     try:
         app()
-    except PrvrError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+    except PrvrError as exc:  # outside Typer's context, so not ``fail`` (its typer.Exit would go unhandled)
+        print_error(exc)
         raise SystemExit(exit_code_for(exc)) from None
