@@ -4,8 +4,9 @@ This package is what a deployment imports: it loads an exported bundle, encodes 
 with ONNX Runtime (or TensorRT when present), and searches an index of clip embeddings to find the
 videos -- and the moments inside them -- that match a sentence. It depends on numpy and the runtime
 backends only and never imports torch, so it installs and starts quickly on serving machines;
-training and export live in ``prvr_export``. The retrieval API lands here module by module; today it
-holds the typed errors (``prvr_sdk.errors``).
+training and export live in ``prvr_export``. Entry points: ``Retriever`` (encode, score, search),
+``VideoEmbeddings``, ``ExactIndex`` and ``Hit``; ``prvr_sdk.evaluation`` runs the PRVR protocol on a
+bundle; every error it raises on purpose is a ``prvr_sdk.errors.PrvrError``.
 """
 
 from __future__ import annotations

@@ -19,10 +19,11 @@ import errno
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "swap_directory"]
 
 # link() errors that mean "this filesystem has no hard links", not "the target exists".
 _NO_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
@@ -128,3 +129,24 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def swap_directory(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move directory ``new`` to ``target`` (same parent), replacing what is there only once ``new`` is in.
+
+    An existing ``target`` is renamed aside, ``new`` renamed in, then the old one deleted; if renaming
+    ``new`` in fails, the old one is renamed back, so ``target`` always holds a whole directory (exports and
+    imported runs are replaced this way).
+    """
+    new, target = Path(new), Path(target)
+    if not target.exists():
+        os.rename(new, target)
+        return
+    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
+    os.rename(target, aside)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -88,7 +88,10 @@ class Retriever:
         self.spec = ServingSpec.from_manifest(m, where=f"bundle {bundle.path}")
         self.video_spec = VideoSpec.from_manifest(m)
         self.text_spec = TextSpec.from_manifest(m)
-        self.scoring = ScoringRule.parse(self.spec.scoring)
+        try:
+            self.scoring = ScoringRule.parse(self.spec.scoring)
+        except InvalidInputError as exc:
+            raise BundleError(f"bundle {bundle.path}: manifest 'serving' scoring: {exc}") from None
         self.video_outputs: tuple[str, ...] = self.spec.video.outputs
         self.fps: float | None = m["video_input"].get("fps")
         self.index: ExactIndex | None = None

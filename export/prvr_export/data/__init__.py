@@ -1,8 +1,9 @@
 """PRVR data: readers for the real collections' files, torch datasets, and the synthetic demo corpus.
 
-* ``layout``: where each collection keeps its files (one table, ``DATASETS``).
-* ``readers``: caption files, BigFile + ``video2frames.txt`` (parsed, never ``eval``-ed), hdf5 features.
-* ``dataset``: ``open_dataset`` -> ``PRVRData`` (``train_set``, ``videos``, ``queries``) and the collate
+* ``layout`` / ``readers``: re-exports of ``prvr_sdk.data.layout`` / ``prvr_sdk.data.captions`` (the
+  torch-free readers ``prvr eval --bundle`` also uses).
+* ``dataset``: ``open_dataset`` -> ``PRVRData`` (a ``prvr_sdk.data.Collection`` plus ``train_set``,
+  ``videos``, ``queries``) and the collate
   functions that build ``prvr_export.models.base``'s batch. Pooling is ``prvr_sdk.features``.
 * ``demo``: ``write_demo_corpus`` (``prvr data demo``), real MiniLM text features in the same layouts.
 """

@@ -20,6 +20,7 @@ Every model is an ``nn.Module`` with:
     encode_text(query, query_mask=None) -> Tensor [Nq, D]
     score(text_emb, video: dict) -> (scores [Nq, Nv], best_clip [Nq, Nv] long or None)
     loss(batch, epoch: int) -> (loss scalar, dict[str, float] of parts)   training only
+    serving_spec() -> prvr_sdk.serving.ServingSpec   what export, serving and evaluation read about the model
 and class attributes ``name`` (registry key) and ``video_inputs`` (the batch keys encode_video reads).
 """
 
@@ -28,6 +29,8 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from prvr_sdk.serving import ServingSpec
 
 Tensor = torch.Tensor
 
@@ -44,3 +47,5 @@ class PRVRModel(Protocol):
     def score(self, text_emb: Tensor, video: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]: ...
 
     def loss(self, batch: dict, epoch: int) -> tuple[Tensor, dict[str, float]]: ...
+
+    def serving_spec(self) -> ServingSpec: ...  # graphs, outputs, dims, scoring, clip times, headline

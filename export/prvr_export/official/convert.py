@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from prvr_sdk.errors import InvalidInputError
+from prvr_sdk.fsutil import swap_directory
 
 from ..models.registry import build_model, config_to_dict, get_config
 from ..train.checkpoint import CHECKPOINT_FORMAT, save_checkpoint, write_json
@@ -170,24 +171,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         )
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted after (restored on
-    failure)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _sha256(path: Path) -> str:
     from prvr_sdk.bundle import file_digest
 
@@ -280,7 +263,7 @@ def import_official(
         save_checkpoint(tmp / "best.pt", payload)
         write_json(tmp / "config.json", {**meta, "config": config_to_dict(config), "imported_from": record})
         _check_target(out, overwrite)  # again: something may have appeared meanwhile
-        _swap_into_place(tmp, out)
+        swap_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

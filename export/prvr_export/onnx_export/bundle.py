@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 
 from prvr_sdk import bundle as sdk_bundle
 from prvr_sdk.errors import BundleError, InvalidInputError, ParityError
+from prvr_sdk.fsutil import swap_directory as swap_into_place
 from prvr_sdk.serving import GraphSpec, ServingSpec
 
 from ..quiet import quiet_onnx_export
@@ -38,7 +38,7 @@ from .scan_function import attach_selective_scan_function, custom_translation_ta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ATOL", "check_target", "dummy_inputs", "export_bundle", "swap_into_place"]
+__all__ = ["ATOL", "check_target", "dummy_inputs", "export_bundle", "strip_node_metadata", "swap_into_place"]
 
 ATOL = 1e-4
 VIDEO_FILE, TEXT_FILE = "video_encoder.onnx", "text_encoder.onnx"
@@ -136,12 +136,12 @@ def _export_graph(
             custom_translation_table=custom_translation_table(),
             verbose=False,
         )
-    model = _strip_node_metadata(attach_selective_scan_function(program.model_proto))
+    model = strip_node_metadata(attach_selective_scan_function(program.model_proto))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
 
 
-def _strip_node_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+def strip_node_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     """Drop the exporter's per-node debugging annotations (stack traces, FX node text, module scopes).
 
     They record the exporting machine's source paths and code (nothing a user of the bundle needs) and
@@ -326,25 +326,6 @@ def check_target(out_dir: Path, overwrite: bool) -> None:
         raise InvalidInputError(
             f"--out {out_dir} is not a prvr bundle ({exc}); refusing to replace it even with --overwrite"
         ) from None
-
-
-def swap_into_place(new: Path, out_dir: Path) -> None:
-    """Move directory ``new`` to ``out_dir`` (same parent), replacing what is there only once ``new`` is in.
-
-    Old ``out_dir`` is renamed aside, ``new`` renamed in, then the old one deleted; if renaming ``new`` in
-    fails, the old one is renamed back, so ``out_dir`` always holds a whole bundle.
-    """
-    if not out_dir.exists():
-        os.rename(new, out_dir)
-        return
-    aside = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}")
-    os.rename(out_dir, aside)
-    try:
-        os.rename(new, out_dir)
-    except BaseException:
-        os.rename(aside, out_dir)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _frontend_kind(text_frontend: str | None, dataset: str, config: Any) -> str | None:

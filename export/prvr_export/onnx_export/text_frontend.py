@@ -107,7 +107,9 @@ def export_text_frontend(
             opset_version=opset,
             verbose=False,
         )
-    model = program.model_proto
+    from .bundle import strip_node_metadata
+
+    model = strip_node_metadata(program.model_proto)
     onnx.checker.check_model(model)
     onnx.save(model, out_dir / BACKBONE_FILE)  # ~90 MB: one file, well under protobuf's 2 GB limit
 

@@ -26,7 +26,7 @@ from prvr_sdk.evaluation import evaluate_bundle, evaluate_scores
 from prvr_sdk.features import anchor_spans, uniform_clip_spans
 from prvr_sdk.serving import HEADLINE_KEYS
 
-from .checkpoint import read_checkpoint
+from .checkpoint import read_checkpoint, resolve_checkpoint
 
 __all__ = [
     "HEADLINE_KEYS",
@@ -234,9 +234,7 @@ def evaluate_checkpoint(
     from prvr_export.data import open_dataset
     from prvr_export.models.registry import build_model
 
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.pt")
+    path = os.fspath(resolve_checkpoint(path))
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     payload = read_checkpoint(path, map_location="cpu")
@@ -274,9 +272,7 @@ def load_checkpoint(
     Raises:
         InvalidInputError: missing/foreign checkpoint, or a config the registry no longer accepts.
     """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "best.pt")
+    path = os.fspath(resolve_checkpoint(path))
     payload = read_checkpoint(path, map_location=map_location)
     config = config_from_checkpoint(payload, source=path)
     from prvr_export.models.registry import build_model
@@ -289,7 +285,7 @@ def load_checkpoint(
 
 def config_from_checkpoint(payload: dict[str, Any], source: str = "checkpoint") -> Any:
     """The config dataclass saved in a checkpoint (the registry's class, rebuilt from the saved fields)."""
-    from prvr_export.train.loop import resolve_config
+    from prvr_export.models.registry import resolve_config
 
     saved = dict(payload["config"])
     try:

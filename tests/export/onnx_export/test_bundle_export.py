@@ -181,6 +181,7 @@ def test_failed_export_leaves_the_old_bundle_byte_identical(tmp_path):
 
 def test_swap_restores_the_old_bundle_when_the_new_one_cannot_move_in(tmp_path, monkeypatch):
     from prvr_export.onnx_export import bundle as export_module
+    from prvr_sdk import fsutil
 
     out = _old_bundle(tmp_path / "bundle")
     new = _old_bundle(tmp_path / ".bundle.tmp-x")
@@ -192,7 +193,7 @@ def test_swap_restores_the_old_bundle_when_the_new_one_cannot_move_in(tmp_path, 
             raise OSError(28, "No space left on device")
         return real_rename(src, dst)
 
-    monkeypatch.setattr(export_module.os, "rename", rename)
+    monkeypatch.setattr(fsutil.os, "rename", rename)
     with pytest.raises(OSError, match="No space"):
         export_module.swap_into_place(new, out)
     monkeypatch.undo()
