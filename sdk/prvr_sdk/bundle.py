@@ -34,6 +34,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "Bundle",
     "check_name",
+    "embedding_space_id",
     "file_digest",
     "load",
     "manifest_digest",
@@ -98,6 +99,26 @@ def check_name(directory: str | os.PathLike, name: Any) -> Path:
     if not inside:
         raise BundleError(f"{where}: resolves outside the bundle directory (symlink?)")
     return path
+
+
+def embedding_space_id(manifest: dict[str, Any], digests: dict[str, str]) -> str:
+    """The id of the embedding space a bundle's encoders map into (manifest key ``embedding_space``).
+
+    A digest of what decides the embeddings: the serving spec, the input preparation (clip count, frame
+    cap, normalisation, query length) and the sha256 of the fp32 video and text graphs (``digests``:
+    ``{"video_encoder": ..., "text_encoder": ...}``). Unlike ``manifest_sha256`` it does not change when
+    ``prvr build-engine`` or ``prvr calibrate`` add files and re-seal, so indexes and embeddings stay bound
+    to the model, not to one version of the folder.
+    """
+    vi, ti = manifest.get("video_input", {}), manifest.get("text_input", {})
+    video_keys = ("feature_dim", "num_clips", "max_frames", "normalize", "source")
+    body = {
+        "serving": manifest.get("serving"),
+        "video_input": {k: vi.get(k) for k in video_keys},
+        "text_input": {k: ti.get(k) for k in ("kind", "dim", "max_tokens", "normalize")},
+        "graphs": {role: digests[role] for role in ("video_encoder", "text_encoder")},
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -169,8 +169,11 @@ class Retriever:
 
     @property
     def bundle_sha256(self) -> str:
-        """The bundle's identity: its sealed manifest's digest (which covers every file's sha256)."""
-        return str(self.manifest["manifest_sha256"])
+        """The identity that embeddings and indexes are bound to: the manifest's ``embedding_space`` (the
+        model's graphs, spec and input preparation; unchanged when engines or reduced-precision graphs are
+        added and the manifest re-sealed), or the manifest digest for bundles exported before it existed."""
+        space = self.manifest.get("embedding_space")
+        return str(space) if isinstance(space, str) and space else str(self.manifest["manifest_sha256"])
 
     @property
     def accepts_strings(self) -> bool:

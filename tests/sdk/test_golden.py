@@ -118,3 +118,35 @@ def test_bundles_without_a_valid_serving_spec_are_refused(change, pattern, tmp_p
     bundle_io.write_manifest(copy, manifest)
     with pytest.raises(BundleError, match=pattern):
         Retriever.from_bundle(copy, device="cpu")
+
+
+def test_indexes_stay_bound_to_the_model_when_files_are_added_and_the_manifest_resealed(tmp_path):
+    """``prvr build-engine`` / ``prvr calibrate`` add files and re-seal: the manifest digest changes, the
+    embedding space (spec + input preparation + fp32 graphs) does not, so existing indexes still load."""
+    import json
+    import shutil
+
+    from prvr_sdk import bundle as bundle_io
+    from prvr_sdk.errors import IndexMismatchError
+
+    name = MODELS[0]
+    copy = tmp_path / "bundle"
+    shutil.copytree(GOLDEN / name / "bundle", copy)
+    r, _, videos, _ = load(name)
+    r = Retriever.from_bundle(copy, device="cpu")
+    before = r.manifest
+    assert r.bundle_sha256 == before["embedding_space"] != before["manifest_sha256"]
+    r.add(r.encode_video(videos, fps=1.0))
+    r.index.save(tmp_path / "idx")
+    (copy / "engines").mkdir()
+    (copy / "engines" / "video_encoder.fp16.sm_90.plan").write_bytes(b"an engine")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"]["engines/video_encoder.fp16.sm_90.plan"] = {
+        "role": "video_encoder", "format": "tensorrt", "precision": "fp16"}
+    after = bundle_io.write_manifest(copy, manifest)
+    assert after["manifest_sha256"] != before["manifest_sha256"]
+    again = Retriever.from_bundle(copy, device="cpu", index=tmp_path / "idx")
+    assert again.bundle_sha256 == r.bundle_sha256 and len(again.index) == len(videos)
+    other = MODELS[1]
+    with pytest.raises(IndexMismatchError):
+        Retriever.from_bundle(GOLDEN / other / "bundle", device="cpu", index=tmp_path / "idx")

@@ -275,6 +275,11 @@ def export_bundle(
                 )
         manifest = _manifest(config, model_name, dataset, opset, atol, serving, report, checkpoint)
         manifest["video_input"]["fps"] = fps if fps is not None else FEATURE_FPS.get(dataset)
+        manifest["embedding_space"] = sdk_bundle.embedding_space_id(
+            manifest,
+            {"video_encoder": sdk_bundle.file_digest(tmp / VIDEO_FILE),
+             "text_encoder": sdk_bundle.file_digest(tmp / TEXT_FILE)},
+        )
         frontend = _frontend_kind(text_frontend, dataset, config)
         if frontend is not None:
             from .text_frontend import export_text_frontend
