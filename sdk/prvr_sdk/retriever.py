@@ -42,16 +42,36 @@ PRECISIONS = ("fp32", "fp16", "int8")
 _SORT_WINDOW = 8  # batches' worth of videos sorted by length before batching (bounded memory)
 
 
-def _graph_file(bundle: bundle_io.Bundle, role: str, precision: str, fmt: str) -> str | None:
-    """The bundle file for ``role`` ("video_encoder"/"text_encoder") in ``precision`` and ``fmt``."""
-    for name, entry in bundle.files.items():
-        if (
-            entry.get("role") == role
-            and entry.get("format", "onnx") == fmt
-            and entry.get("precision", "fp32") == precision
-        ):
-            return name
-    return None
+def _graph_file(
+    bundle: bundle_io.Bundle, role: str, precision: str, fmt: str, compute_capability: str | None = None
+) -> str | None:
+    """The bundle file for ``role`` ("video_encoder"/"text_encoder") in ``precision`` and ``fmt``.
+
+    A TensorRT engine runs only on the GPU architecture it was built for, and a bundle may carry engines
+    for several: the one whose ``engine.compute_capability`` is this GPU's (``compute_capability``, default
+    CUDA device 0's, e.g. "9.0") wins; engines recorded for another architecture are never picked (so
+    ``backend="auto"`` falls back to ONNX Runtime); an engine without the record is taken when none
+    matches. Without a visible GPU the first engine is returned (nothing to match against).
+    """
+    found = [
+        (name, entry) for name, entry in bundle.files.items()
+        if entry.get("role") == role
+        and entry.get("format", "onnx") == fmt
+        and entry.get("precision", "fp32") == precision
+    ]
+    if fmt != "tensorrt" or not found:
+        return found[0][0] if found else None
+    if compute_capability is None:
+        from prvr_sdk.backends.tensorrt import device_compute_capability
+
+        cc = device_compute_capability(0)
+        compute_capability = f"{cc[0]}.{cc[1]}" if cc else None
+    if compute_capability is None:  # no GPU visible: nothing to match (the backend choice fails later)
+        return found[0][0]
+    recorded = {name: (entry.get("engine") or {}).get("compute_capability") for name, entry in found}
+    matching = [name for name, cc in recorded.items() if cc == compute_capability]
+    unrecorded = [name for name, cc in recorded.items() if cc is None]
+    return (matching + unrecorded + [None])[0]
 
 
 class Retriever:
@@ -543,7 +563,7 @@ class Retriever:
         (self.index.upsert if upsert else self.index.add)(
             list(videos.ids),
             clip_embs=clip_embs,
-            video_embs=videos.video_emb if self.scoring.uses_video_vectors else None,
+            video_embs=videos.video_emb if self.scoring.uses_video_emb else None,
             spans=spans,
             metadata=merged,
         )

@@ -82,7 +82,7 @@ class ScoringRule:
         return self.kind != "video"
 
     @property
-    def uses_video_vectors(self) -> bool:
+    def uses_video_emb(self) -> bool:
         """Whether videos store one extra video-level vector."""
         return self.kind != "max_clip"
 

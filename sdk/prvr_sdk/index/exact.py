@@ -428,9 +428,9 @@ class ExactIndex:
                 rows_kept = clip_rows(offsets, vids)
                 scores = dot_f16(seg.clips[rows_kept], q, piece)
             frame = None  # [videos, queries] like scores
-            if rule.uses_video_vectors:
-                assert seg.vectors is not None
-                frame = dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
+            if rule.uses_video_emb:
+                assert seg.video_emb is not None
+                frame = dot_f16(seg.video_emb[v0:v1] if dense else seg.video_emb[vids], q, piece)
             cnt = counts[vids]
             hidden = ~keep if dense and selected < v1 - v0 else None
             if not by_clip:
@@ -457,7 +457,7 @@ class ExactIndex:
         self, seg: Segment, q: np.ndarray, mask: np.ndarray, acc: TopK, video_base: int, rows: int, piece
     ) -> None:
         """Scoring 'video': one product with the video vectors, in blocks of ``rows`` videos."""
-        assert seg.vectors is not None
+        assert seg.video_emb is not None
         for v0 in range(0, len(seg), rows):
             v1 = min(len(seg), v0 + rows)
             keep = mask[v0:v1]
@@ -466,7 +466,7 @@ class ExactIndex:
                 continue
             dense = 2 * selected >= v1 - v0
             vids = np.arange(v0, v1) if dense else v0 + np.flatnonzero(keep)
-            total = dot_f16(seg.vectors[v0:v1] if dense else seg.vectors[vids], q, piece)
+            total = dot_f16(seg.video_emb[v0:v1] if dense else seg.video_emb[vids], q, piece)
             if dense and selected < v1 - v0:
                 total[~keep] = -np.inf
             acc.push(total.T, video_base + vids)

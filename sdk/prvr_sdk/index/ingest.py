@@ -73,7 +73,7 @@ def build_segment(
         InvalidInputError / ShapeMismatchError: as ``ExactIndex.add`` documents.
     """
     nv, rule = len(ids), scoring
-    offsets = clips = span_rows = vectors = None
+    offsets = clips = span_rows = video_emb = None
     if rule.uses_clips:
         if clip_embs is None:
             raise InvalidInputError(f"clip_embs: scoring {rule.kind!r} needs clip embeddings, got None")
@@ -105,20 +105,20 @@ def build_segment(
             "spans: scoring 'video' has no clips to give spans to; put the video's "
             "length in metadata['duration'] instead"
         )
-    if rule.uses_video_vectors:
+    if rule.uses_video_emb:
         if video_embs is None:
             raise InvalidInputError(f"video_embs: scoring {rule.kind!r} needs video embeddings, got None")
-        vectors = check_vectors(video_embs, dim, "video_embs")
-        if len(vectors) != nv:
-            raise ShapeMismatchError(f"video_embs: expected {nv} rows (one per id), got {len(vectors)}")
-        vectors = vectors.astype(np.float16)
+        video_emb = check_vectors(video_embs, dim, "video_embs")
+        if len(video_emb) != nv:
+            raise ShapeMismatchError(f"video_embs: expected {nv} rows (one per id), got {len(video_emb)}")
+        video_emb = video_emb.astype(np.float16)
     elif video_embs is not None:
         raise InvalidInputError(
             "video_embs: scoring 'max_clip' uses clip embeddings only; drop video_embs "
             "or use scoring 'weighted'"
         )
     lines = _check_metadata(metadata, nv)
-    return Segment(ids, offsets, clips, span_rows, vectors, metadata_lines=lines)
+    return Segment(ids, offsets, clips, span_rows, video_emb, metadata_lines=lines)
 
 
 def _check_clip_array(clip_embs: Any, nv: int, dim: int) -> np.ndarray | None:

@@ -127,7 +127,7 @@ def _write_segment(
     rows_of = [np.arange(len(seg)) if keep is None else keep for seg, keep in parts]
     ids = [seg.ids[i] for seg, rows in zip(segs, rows_of, strict=True) for i in rows]
     lines = (seg.metadata_line(int(i)) for seg, rows in zip(segs, rows_of, strict=True) for i in rows)
-    offsets = clip_chunks = spans = vector_chunks = None
+    offsets = clip_chunks = spans = video_emb_chunks = None
     if index.scoring.uses_clips:
         counts = np.concatenate([np.diff(seg.offsets)[rows] for seg, rows in zip(segs, rows_of, strict=True)])
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -139,9 +139,9 @@ def _write_segment(
         spans = np.concatenate(
             [np.asarray(seg.spans if idx is None else seg.spans[idx]) for seg, idx in pairs]
         )
-    if index.scoring.uses_video_vectors:
-        vector_chunks = itertools.chain.from_iterable(
-            store.iter_chunks(seg.vectors, keep, WRITE_CHUNK) for seg, keep in parts
+    if index.scoring.uses_video_emb:
+        video_emb_chunks = itertools.chain.from_iterable(
+            store.iter_chunks(seg.video_emb, keep, WRITE_CHUNK) for seg, keep in parts
         )
     files = SegmentFiles.write(
         tmp / name,
@@ -151,7 +151,7 @@ def _write_segment(
         offsets=offsets,
         clip_chunks=clip_chunks,
         spans=spans,
-        vector_chunks=vector_chunks,
+        video_emb_chunks=video_emb_chunks,
         fsync=fsync,
     )
     return {

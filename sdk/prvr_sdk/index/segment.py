@@ -1,7 +1,7 @@
 """A segment of an exact index: videos stored together, in memory or mapped from a segment directory.
 
 ``add`` makes one segment per call; ``save`` writes new segments and hard-links unchanged ones
-(``exact.py``, ``store.py``). A segment holds the arrays (float16 clips, offsets, spans, video vectors), the
+(``exact.py``, ``store.py``). A segment holds the arrays (float16 clips, offsets, spans, video_emb), the
 ids, and the metadata lines -- parsed lazily into the filter columns that ``filters.py`` evaluates.
 """
 
@@ -33,7 +33,7 @@ class Segment:
         offsets: np.ndarray | None,
         clips: np.ndarray | None,
         spans: np.ndarray | None,
-        vectors: np.ndarray | None,
+        video_emb: np.ndarray | None,
         metadata_lines: list[bytes] | None = None,
         source: Path | None = None,
         name: str | None = None,
@@ -43,7 +43,7 @@ class Segment:
         self.offsets = offsets
         self.clips = clips
         self.spans = spans
-        self.vectors = vectors
+        self.video_emb = video_emb
         self.source = source  # directory of a saved segment; None while it exists in memory only
         self.name = name
         self.files = files or {}
@@ -65,7 +65,7 @@ class Segment:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.clips, self.offsets, self.spans, self.vectors)
+        arrays = (self.clips, self.offsets, self.spans, self.video_emb)
         return sum(int(a.nbytes) for a in arrays if a is not None)
 
     def metadata_line(self, row: int) -> bytes:
@@ -120,7 +120,7 @@ class Segment:
             raise IndexFormatError(f"manifest entry of segment {directory} lists no files")
         needed = {store.IDS, store.METADATA}
         needed |= {store.CLIPS, store.OFFSETS, store.SPANS} if rule.uses_clips else set()
-        needed |= {store.VECTORS} if rule.uses_video_vectors else set()
+        needed |= {store.VIDEO_EMB} if rule.uses_video_emb else set()
         if needed - set(files):
             raise IndexFormatError(
                 f"manifest entry of segment {directory} does not list {sorted(needed - set(files))}"
@@ -130,7 +130,7 @@ class Segment:
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
             raise IndexFormatError(f"{directory / store.IDS} must hold a list of non-empty strings")
         nv = len(ids)
-        offsets = clips = spans = vectors = None
+        offsets = clips = spans = video_emb = None
         where = f"index segment {directory}"
         if rule.uses_clips:
             offsets = SegmentFiles.load_array(directory / store.OFFSETS, mmap=False)
@@ -145,17 +145,19 @@ class Segment:
                 )
             if spans.shape != (len(clips), 2):
                 raise IndexFormatError(f"{where}: spans have shape {spans.shape}, expected {(len(clips), 2)}")
-        if rule.uses_video_vectors:
-            vectors = SegmentFiles.load_array(directory / store.VECTORS, mmap)
-            if vectors.dtype != np.float16 or vectors.shape != (nv, dim):
+        if rule.uses_video_emb:
+            video_emb = SegmentFiles.load_array(directory / store.VIDEO_EMB, mmap)
+            if video_emb.dtype != np.float16 or video_emb.shape != (nv, dim):
                 raise IndexFormatError(
-                    f"{where}: video vectors are {vectors.dtype} {vectors.shape}, expected "
+                    f"{where}: video embeddings are {video_emb.dtype} {video_emb.shape}, expected "
                     f"float16 {(nv, dim)}"
                 )
         if float32:
             clips = None if clips is None else decode_all(clips)
-            vectors = None if vectors is None else decode_all(vectors)
-        segment = cls(ids, offsets, clips, spans, vectors, source=directory, name=directory.name, files=files)
+            video_emb = None if video_emb is None else decode_all(video_emb)
+        segment = cls(
+            ids, offsets, clips, spans, video_emb, source=directory, name=directory.name, files=files
+        )
         if files[store.METADATA]["bytes"] > 0:  # mmap refuses an empty file
             with open(directory / store.METADATA, "rb") as f:
                 segment._metadata_map = mmaplib.mmap(f.fileno(), 0, access=mmaplib.ACCESS_READ)

@@ -12,7 +12,8 @@ Layout of an index directory::
           clips.f16.npy       float16 [N_clips, D], C order, memory-mapped at load
           offsets.npy         int64 [N_videos + 1]; video i owns clip rows offsets[i]:offsets[i+1]
           spans.npy           float64 [N_clips, 2], seconds (NaN = unknown)
-          video_vecs.f16.npy  float16 [N_videos, D] (scoring "weighted" and "video" only)
+          video_vecs.f16.npy  float16 [N_videos, D]: the video_emb rows (scoring "weighted" and "video"; the
+                              file keeps its first name so that existing indexes load)
           ids.json            the N_videos ids, in row order
           metadata.jsonl      one JSON object per video, in row order
         seg-000007/ ...
@@ -74,12 +75,12 @@ FORMAT = "prvr-index"
 FORMAT_VERSION = 1
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
-CLIPS, OFFSETS, SPANS, VECTORS = "clips.f16.npy", "offsets.npy", "spans.npy", "video_vecs.f16.npy"
+CLIPS, OFFSETS, SPANS, VIDEO_EMB = "clips.f16.npy", "offsets.npy", "spans.npy", "video_vecs.f16.npy"
 IDS, METADATA = "ids.json", "metadata.jsonl"
-SEGMENT_FILES = frozenset({CLIPS, OFFSETS, SPANS, VECTORS, IDS, METADATA})
+SEGMENT_FILES = frozenset({CLIPS, OFFSETS, SPANS, VIDEO_EMB, IDS, METADATA})
 SELF_DIGEST = "manifest_sha256"
 # Expected dtype and rank of each array file; anything else in a header is refused before reading.
-NPY_LAYOUT = {CLIPS: ("<f2", 2), OFFSETS: ("<i8", 1), SPANS: ("<f8", 2), VECTORS: ("<f2", 2)}
+NPY_LAYOUT = {CLIPS: ("<f2", 2), OFFSETS: ("<i8", 1), SPANS: ("<f8", 2), VIDEO_EMB: ("<f2", 2)}
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 _SEGMENT_RE = re.compile(r"^seg-\d{6,}$")
 _TMP_PREFIX = ".tmp-"
@@ -292,7 +293,7 @@ class SegmentFiles:
         offsets: np.ndarray | None,
         clip_chunks: Iterable[np.ndarray] | None,
         spans: np.ndarray | None,
-        vector_chunks: Iterable[np.ndarray] | None,
+        video_emb_chunks: Iterable[np.ndarray] | None,
         fsync: bool,
     ) -> dict[str, dict[str, Any]]:
         """Write a segment into a new directory; returns its manifest ``files`` entry (bytes, sha256)."""
@@ -306,9 +307,9 @@ class SegmentFiles:
             _save_new(directory / OFFSETS, np.ascontiguousarray(offsets, dtype=np.int64))
             _save_new(directory / SPANS, np.ascontiguousarray(spans, dtype=np.float64))
             written += [CLIPS, OFFSETS, SPANS]
-        if vector_chunks is not None:
-            _write_rows(directory / VECTORS, vector_chunks, (num_videos, dim))
-            written.append(VECTORS)
+        if video_emb_chunks is not None:
+            _write_rows(directory / VIDEO_EMB, video_emb_chunks, (num_videos, dim))
+            written.append(VIDEO_EMB)
         with open(directory / IDS, "x", encoding="utf-8") as f:
             f.write(json.dumps(ids, ensure_ascii=False))
         with open(directory / METADATA, "xb") as f:

@@ -47,7 +47,7 @@ class Corpus:
         if RULES[kind].uses_clips:
             out["clip_embs"] = [self.clips[i] for i in take]
             out["spans"] = [self.spans[i] for i in take]
-        if RULES[kind].uses_video_vectors:
+        if RULES[kind].uses_video_emb:
             out["video_embs"] = self.video[take]
         return out
 
@@ -87,7 +87,7 @@ def brute_force(corpus: Corpus, kind: str, queries: np.ndarray | None = None, no
     rule = RULES[kind]
     q = corpus.queries if queries is None else queries
     frame = (
-        (cosine(q, corpus.video) if normalize else q @ corpus.video.T) if rule.uses_video_vectors else None
+        (cosine(q, corpus.video) if normalize else q @ corpus.video.T) if rule.uses_video_emb else None
     )
     if not rule.uses_clips:
         return frame, None

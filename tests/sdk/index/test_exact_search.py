@@ -58,7 +58,7 @@ def test_group_by_clip_ranks_clips(ix, kind):
     within = np.concatenate([np.arange(len(c)) for c in corpus.clips])
     flat = np.concatenate(corpus.clips)
     ref = rule.clip_weight * (corpus.queries @ flat.T)
-    if rule.uses_video_vectors:
+    if rule.uses_video_emb:
         ref = ref + rule.frame_weight * (corpus.queries @ corpus.video.T)[:, owner]
     keys = [f"{corpus.ids[o]}#{c}" for o, c in zip(owner, within, strict=True)]
     for qi, hits in enumerate(index.search(corpus.queries, top_k=12, group_by="clip", block_size=5)):

@@ -210,14 +210,14 @@ def test_float32_load_gives_the_same_results_and_saves_float16(ix, tmp_path, kin
     index.add(**corpus.add_kwargs(kind))
     index.save(tmp_path / "idx")
     fast = ExactIndex.load(tmp_path / "idx", float32=True)
-    assert fast.info()["float32"] and fast._segments[0].vectors.dtype == np.float32
+    assert fast.info()["float32"] and fast._segments[0].video_emb.dtype == np.float32
     same_results(fast, ExactIndex.load(tmp_path / "idx"), corpus.queries, top_k=6)
     fast.remove(["vid0004"])  # compaction writes float16 from the float32 copy, exactly
     fast.save()
     again = ExactIndex.load(tmp_path / "idx", verify=True)
-    assert again._segments[0].vectors.dtype == np.float16
+    assert again._segments[0].video_emb.dtype == np.float16
     np.testing.assert_array_equal(
-        again._segments[0].vectors, np.delete(corpus.video, 4, axis=0).astype(np.float16)
+        again._segments[0].video_emb, np.delete(corpus.video, 4, axis=0).astype(np.float16)
     )
     fast.close()
     index.close()
