@@ -20,6 +20,14 @@ import pytest
 NVIDIA_SMI_TIMEOUT_S = 20.0  # a GPU in a low-power state can take seconds to answer
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Verification stamps (``prvr_sdk.verified``) go to a folder of this test session, not ~/.cache."""
+    import os
+
+    os.environ["PRVR_CACHE_DIR"] = str(tmp_path_factory.mktemp("prvr-cache"))
+
+
 def _ort_providers() -> list[str]:
     """onnxruntime's execution providers, [] when it is not installed or does not import."""
     if importlib.util.find_spec("onnxruntime") is None:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import BundleError, ChecksumError
 from .fsutil import atomic_write
@@ -262,17 +262,18 @@ def _check_onnx_header(file: Path, name: str) -> None:
 
 def load(
     path: str | os.PathLike,
-    verify: bool = True,
+    verify: bool | Literal["full"] = True,
     trusted_keys: Iterable[Any] | None = None,
 ) -> Bundle:
     """Open a bundle directory and check it.
 
     Args:
         path: the bundle directory.
-        verify: check every listed file's sha256 (reads every byte; turn off only for bundles already
-            verified in this process). With ``verify=False`` the manifest is still fully checked, and every
-            file must exist with its recorded size; ``.onnx`` files must start with byte 0x08 (the
-            protobuf tag of ModelProto.ir_version) -- plausibility, not integrity.
+        verify: check every listed file's sha256. ``True`` skips the hashing when a stamp from an earlier
+            full check still matches (``prvr_sdk.verified``: same manifest, every file's size, mtime and
+            inode unchanged); ``"full"`` always hashes; ``False`` never does. In every mode the manifest is
+            fully checked, and every file must exist with its recorded size; ``.onnx`` files must start
+            with byte 0x08 (the protobuf tag of ModelProto.ir_version) -- plausibility, not integrity.
         trusted_keys: Ed25519 public keys (file paths, raw/PEM bytes or key objects). When given, the
             bundle must carry a signature (``signature.json``) by one of them over this manifest's digest
             (``prvr_sdk.signing``); an empty list trusts nobody. ``None``: signatures are not checked.
@@ -284,8 +285,15 @@ def load(
         ChecksumError: a file's size or sha256 differs from the manifest (or, unverified, an ``.onnx``
             file does not look like one).
     """
+    from . import verified
+
     directory = Path(path)
     manifest = read_manifest(directory)
+    if verify is True and trusted_keys is None and verified.is_verified(directory, manifest):
+        verify = False  # hashed before, and nothing changed since (the signature path always hashes)
+        stamped = True
+    else:
+        stamped = False
     for name, entry in manifest["files"].items():
         file = directory / name  # name checked by read_manifest
         if not file.is_file():
@@ -302,6 +310,8 @@ def load(
         if digest != entry["sha256"]:
             raise ChecksumError(f"{file}: sha256 {digest[:12]}…, manifest says "
                                 f"{entry['sha256'][:12]}… (corrupted or replaced file)")
+    if verify and not stamped:
+        verified.remember(directory, manifest)
     if trusted_keys is not None:
         from .signing import verify_bundle_signature
 
