@@ -1,9 +1,12 @@
 """Mamba's selective scan as one torch op, ``prvr::selective_scan``, plus its reference.
 
-One op with three implementations behind it, chosen per call:
+One op with four implementations behind it, chosen per call:
 - CUDA tensors with mamba-ssm installed: mamba-ssm's fused kernel (imported lazily, never required);
+- CUDA tensors without mamba-ssm but with triton: our Triton kernel (``prvr_plugins.scan_triton``, the
+  one shipped to TensorRT as PTX) for the forward of ``prvr::selective_scan`` in float32/16/bfloat16.
+  It is forward only: backwards, calls that want the last state, and float64 use the reference;
 - CPU float32/float64: the C kernel of ``cpu_kernel`` (forward and backward, multi-threaded);
-- anything else (no compiler, CUDA without mamba-ssm, ``PRVR_DISABLE_CPU_KERNEL``): the reference,
+- anything else (no compiler, CUDA without mamba-ssm and triton, ``PRVR_DISABLE_CPU_KERNEL``): the reference,
   announced by one warning per device type (``backend_for``) and listed by ``available_backends()``.
 The op has a fake kernel, so ``torch.export`` records a single ``prvr.selective_scan`` node that the
 ONNX exporter maps to ``prvr::SelectiveScan``. The gate ``y * silu(z)`` is kept outside the op (as in
@@ -116,7 +119,9 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> None:
 
 # The fast implementation per device type; any other device type has none.
 FAST_BACKENDS = {"cpu": "cpu_kernel", "cuda": "mamba_ssm"}
-_DESCRIPTIONS = {"cpu_kernel": "cpu_kernel (C, ctypes)", "mamba_ssm": "mamba_ssm"}
+_DESCRIPTIONS = {"cpu_kernel": "cpu_kernel (C, ctypes)", "mamba_ssm": "mamba_ssm",
+                 "triton": "triton (prvr_plugins, forward only)"}
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _DEVICE_LABELS = {"cpu": "CPU", "cuda": "CUDA"}
 
 _state_lock = threading.Lock()
@@ -141,11 +146,26 @@ def _mamba_ssm() -> tuple[Callable | None, str | None]:
 
 
 @functools.cache
+def _triton_scan() -> tuple[Callable | None, str | None]:
+    """(prvr_plugins' Triton selective_scan_fwd, None), or (None, why not). Cached like ``_mamba_ssm``."""
+    if importlib.util.find_spec("triton") is None:
+        return None, "triton is not installed (pip install 'prvr-sdk[plugins]')"
+    try:
+        from prvr_plugins.scan_triton import selective_scan_fwd
+    except Exception as exc:  # a broken triton must not break the op: the reference still serves
+        return None, f"triton is installed but unusable ({type(exc).__name__}: {exc})"
+    return selective_scan_fwd, None
+
+
+@functools.cache
 def _resolve(device_type: str) -> tuple[str, str | None]:
     """(backend, None) for a fast backend, or ("reference", why the fast one is not in use)."""
     if device_type == "cuda":
         scan, why = _mamba_ssm()
-        return ("mamba_ssm", None) if scan is not None else ("reference", why)
+        if scan is not None:
+            return "mamba_ssm", None
+        triton_scan, why_not_triton = _triton_scan()
+        return ("triton", None) if triton_scan is not None else ("reference", f"{why}; {why_not_triton}")
     if device_type == "cpu":
         why = cpu_kernel.unavailable_reason()
         return ("cpu_kernel", None) if why is None else ("reference", why)
@@ -159,7 +179,8 @@ def _device_type(where: Tensor | torch.device | str) -> str:
 
 
 def backend_for(where: Tensor | torch.device | str) -> str:
-    """The implementation that serves tensors on this device: "cpu_kernel", "mamba_ssm" or "reference".
+    """The implementation that serves tensors on this device: "cpu_kernel", "mamba_ssm", "triton" or
+    "reference".
 
     The first time a device type resolves to the slow reference, one warning on this module's logger
     says so and why (a 100x slower scan must not pass unnoticed); later calls stay quiet.
@@ -175,9 +196,13 @@ def backend_for(where: Tensor | torch.device | str) -> str:
     return backend
 
 
-def _served(u: Tensor) -> str:
-    """backend_for(u), counted in backend_calls(): the op's per-call dispatch."""
+def _served(u: Tensor, triton_ok: bool = False) -> str:
+    """backend_for(u), counted in backend_calls(): the op's per-call dispatch. The Triton backend serves
+    only calls with ``triton_ok`` (a forward it has a kernel for); the others are counted as the reference
+    that serves them."""
     backend = backend_for(u)
+    if backend == "triton" and not triton_ok:
+        backend = "reference"
     key = f"{u.device.type}:{backend}"
     with _state_lock:
         _calls[key] += 1
@@ -206,8 +231,9 @@ def fallback_reasons() -> dict[str, str]:
 def available_backends() -> dict[str, str]:
     """Which implementation serves each device, and why a faster one is not in use.
 
-    Values: ``"cpu_kernel (C, ctypes)"``, ``"mamba_ssm"`` or ``"reference (<why>)"``. Reports only; the
-    warning about a slow device is logged when a tensor first asks for it (``backend_for``).
+    Values: ``"cpu_kernel (C, ctypes)"``, ``"mamba_ssm"``, ``"triton (prvr_plugins, forward only)"`` or
+    ``"reference (<why>)"``. Reports only; the warning about a slow device is logged when a tensor first
+    asks for it (``backend_for``).
     """
     report = {}
     for device_type in FAST_BACKENDS:
@@ -239,7 +265,7 @@ def _kernel_args(u, delta, A, B, C, D, delta_bias):
 
 
 def _scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, want_state: bool):
-    backend = _served(u)
+    backend = _served(u, triton_ok=not want_state and u.dtype in _TRITON_DTYPES)
     if backend == "cpu_kernel":
         y, state = cpu_kernel.forward(*_kernel_args(u, delta, A, B, C, D, delta_bias), delta_softplus,
                                       want_state)
@@ -247,6 +273,8 @@ def _scan_forward(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, want_s
     if backend == "mamba_ssm":
         out = _mamba_ssm()[0](u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
         return out[0], out[1]
+    if backend == "triton":
+        return _triton_scan()[0](u, delta, A, B, C, D, delta_bias, delta_softplus), None
     y, state = selective_scan_ref(u, delta, A, B, C, D, None, delta_bias, delta_softplus, True)
     return y, state
 

@@ -19,6 +19,7 @@ from prvr_export.ops import selective_scan as ss
 
 LOGGER = "prvr_export.ops.selective_scan"
 MAMBA_INSTALLED = importlib.util.find_spec("mamba_ssm") is not None
+NO_TRITON = "triton is not installed (pip install 'prvr-sdk[plugins]')"
 NO_MAMBA = "mamba-ssm is not installed (pip install 'prvr-sdk[mamba]')"
 
 
@@ -26,10 +27,12 @@ NO_MAMBA = "mamba-ssm is not installed (pip install 'prvr-sdk[mamba]')"
 def fresh(monkeypatch):
     """A process that has not probed or warned yet: cleared caches and an empty warned-set."""
     ss._mamba_ssm.cache_clear()
+    ss._triton_scan.cache_clear()
     ss._resolve.cache_clear()
     monkeypatch.setattr(ss, "_warned", set())
     yield
     ss._mamba_ssm.cache_clear()
+    getattr(ss._triton_scan, "cache_clear", lambda: None)()  # a test may have replaced it
     ss._resolve.cache_clear()
 
 
@@ -56,14 +59,15 @@ def test_mamba_ssm_is_probed_once_per_process(fresh, monkeypatch):
 
 
 @pytest.mark.skipif(MAMBA_INSTALLED, reason="mamba-ssm is installed here: CUDA has its fast backend")
-def test_cuda_without_mamba_ssm_is_reported_and_warned_once(fresh, caplog):
+def test_cuda_without_mamba_ssm_or_triton_is_reported_and_warned_once(fresh, caplog, monkeypatch):
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    assert ss.available_backends()["cuda"] == f"reference ({NO_MAMBA})"
-    assert ss.fallback_reasons()["cuda"] == NO_MAMBA
+    monkeypatch.setattr(ss, "_triton_scan", lambda: (None, NO_TRITON))  # a machine without triton
+    assert ss.available_backends()["cuda"] == f"reference ({NO_MAMBA}; {NO_TRITON})"
+    assert ss.fallback_reasons()["cuda"] == f"{NO_MAMBA}; {NO_TRITON}"
     assert _slow_warnings(caplog) == []  # reporting is not using: no warning yet
     for device in ("cuda", "cuda:1", torch.device("cuda:0")):
         assert ss.backend_for(device) == "reference"
-    expected = f"selective scan: CUDA tensors use the slow Python reference: {NO_MAMBA}"
+    expected = f"selective scan: CUDA tensors use the slow Python reference: {NO_MAMBA}; {NO_TRITON}"
     assert _slow_warnings(caplog) == [expected]
 
 
@@ -94,4 +98,4 @@ def test_available_backends_agrees_with_the_kernel_loader(fresh):
         assert report["cpu"] == "cpu_kernel (C, ctypes)" and "cpu" not in fallbacks
     else:
         assert report["cpu"] == f"reference ({reason})" and fallbacks["cpu"] == reason
-    assert ("cuda" in fallbacks) == (report["cuda"] != "mamba_ssm")
+    assert ("cuda" in fallbacks) == report["cuda"].startswith("reference")
