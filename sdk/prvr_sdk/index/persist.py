@@ -277,7 +277,7 @@ def verify(cls: type[ExactIndex], path: str | os.PathLike, show_progress: bool |
     root = Path(path).absolute()
     name, manifest = store.open_current(root)
     index = from_manifest(cls, manifest, root)
-    files = bytes_ = 0
+    files = bytes_ = videos = 0
     with progress(len(manifest["segments"]), "verify segments", show_progress) as advance:
         for entry in manifest["segments"]:
             seg = Segment.open(
@@ -287,8 +287,9 @@ def verify(cls: type[ExactIndex], path: str | os.PathLike, show_progress: bool |
             for row in range(len(seg)):
                 seg.metadata(row)
             files += len(seg.files)
-            bytes_ += sum(int(f["bytes"]) for f in seg.files.values())
+            bytes_ += sum(int(f["bytes"]) for f in seg.files.values())  # checked ints (Segment.open)
+            videos += len(seg)  # counted from the files, not from the manifest's own claim
             advance(1)
+    sealed = store.SELF_DIGEST in manifest
     return {"path": str(root), "version": name, "ok": True, "segments": len(manifest["segments"]),
-            "videos": sum(int(e.get("videos", 0)) for e in manifest["segments"]), "files": files,
-            "bytes": bytes_, "manifest_sealed": store.SELF_DIGEST in manifest}
+            "videos": videos, "files": files, "bytes": bytes_, "manifest_sealed": sealed}
