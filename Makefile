@@ -55,6 +55,10 @@ demo: install
 			--metadata $(DEMO_DATA)/demo/videos.jsonl --fps 1 --out $(DEMO_DIR)/index-$$m --overwrite || exit $$?; \
 	done
 	@echo ""
+	@echo "==> amdnet: int8 + fp16 encoders calibrated on the demo features; fp32 / int8 / fp16 side by side (prvr calibrate)"
+	$(PRVR) calibrate $(DEMO_DIR)/bundle-amdnet --data $(DEMO_DATA)/demo/FeatureData/demo_frames_vid_features.hdf5 \
+		--queries $(DEMO_DATA)/demo/TextData/minilm_sent_demo_query_feat.hdf5 --eval-data $(DEMO_DATA) --split test
+	@echo ""
 	@echo "==> prvr search: one sentence, the top 5 videos and the moment in each"
 	$(PRVR) search --index $(DEMO_DIR)/index-amdnet --top-k 5 "a man in a black hat paints a picture"
 	@for m in $(DEMO_MODELS); do \

@@ -11,6 +11,7 @@ import typer
 import prvr_sdk
 from prvr_cli import data, doctor, encode, evaluate, export, import_cmd, index, keys, plugins, search, train
 from prvr_cli.build_engine import build_engine
+from prvr_cli.calibrate import calibrate
 from prvr_cli.common import print_error
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
@@ -79,6 +80,7 @@ app.command(name="encode")(encode.encode)
 app.add_typer(index.app, name="index")
 app.command(name="search")(search.search)
 app.command(name="build-engine")(build_engine)
+app.command(name="calibrate")(calibrate)
 app.add_typer(data.app, name="data")
 app.add_typer(keys.app, name="keys")
 app.add_typer(plugins.app, name="plugins")

@@ -96,15 +96,19 @@ def read_metadata(path: Path | None, max_bytes: int | None = None) -> dict[str, 
     return out
 
 
-def open_retriever(bundle: Path, backend: str, device: str, trusted_keys: list[Path] | None = None):
-    """The bundle's Retriever; with ``--trusted-key`` given, only if one of those keys signed it."""
+def open_retriever(
+    bundle: Path, backend: str, device: str, trusted_keys: list[Path] | None = None, precision: str = "fp32"
+):
+    """The bundle's Retriever; with ``--trusted-key`` given, only if one of those keys signed it.
+    ``precision`` (``--precision``): which graphs run; fp16/int8 need ``prvr calibrate`` first."""
     from prvr_sdk import Retriever
 
     retriever = Retriever.from_bundle(
-        bundle, backend=backend, device=device, trusted_keys=trusted_keys or None
+        bundle, backend=backend, device=device, precision=precision, trusted_keys=trusted_keys or None
     )
+    shown = "" if precision == "fp32" else f", {precision}"
     err.print(
-        f"{retriever.model_name}: {retriever.choice.backend} on {retriever.choice.device} "
+        f"{retriever.model_name}: {retriever.choice.backend} on {retriever.choice.device}{shown} "
         f"({retriever.choice.reason})",
         highlight=False,
         markup=False,

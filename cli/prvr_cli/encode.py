@@ -35,6 +35,12 @@ TrustedKeyOpt = Annotated[
     typer.Option("--trusted-key", help="Ed25519 public key (prvr keys generate); repeatable. The bundle must "
                  "be signed by one of them (prvr export --sign-key) or it is refused (exit 5)."),
 ]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option("--precision", help="fp32, fp16 or int8: which encoder graphs run (fp16/int8 come from "
+                 "prvr calibrate; an index accepts only embeddings of a precision its bundle records as "
+                 "interchangeable with fp32)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON summary to stdout.")]
 MaxFramesOpt = Annotated[
     int,
@@ -83,6 +89,7 @@ def encode(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     trusted_key: TrustedKeyOpt = None,
+    precision: PrecisionOpt = "fp32",
     as_json: JsonOpt = False,
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
@@ -98,7 +105,7 @@ def encode(
     started = time.perf_counter()
     try:
         check_out(out, dir_ok=True)  # before hours of encoding
-        retriever = open_retriever(bundle, backend, device, trusted_key)
+        retriever = open_retriever(bundle, backend, device, trusted_key, precision)
         embeddings = encode_source(retriever, features, fps, batch_size, max_frames, max_bytes)
         try:
             path = embeddings.save(out)

@@ -29,7 +29,9 @@ _EXTRA_KEYS = ("mAP", "mIoU", "R@1,IoU>=0.5")  # after the headline, when presen
 def render_table(result: dict) -> Table:
     """One row of headline metrics, then t2v mAP and moment localisation when present."""
     keys = list(result["headline"]) + [k for k in _EXTRA_KEYS if k in result and k not in result["headline"]]
-    runner = f" (bundle, {result['backend']}, query {result['text']})" if "backend" in result else " (torch)"
+    shown = f", {result['precision']}" if result.get("precision", "fp32") != "fp32" else ""
+    runner = f" (bundle, {result['backend']}{shown}, query {result['text']})" if "backend" in result \
+        else " (torch)"
     table = Table(
         title=f"{result['model']}{runner} on {result['dataset']} / {result['split']}: "
         f"{result['queries']} queries, {result['videos']} videos",
@@ -72,6 +74,9 @@ def evaluate(
         str, typer.Option("--backend", help="With --bundle: auto, onnxruntime or tensorrt.")
     ] = "auto",
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N, or auto.")] = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="With --bundle: fp32, fp16 or int8 graphs (prvr calibrate).")
+    ] = "fp32",
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option("--trusted-key", help="With --bundle: Ed25519 public key; repeatable. The bundle must "
@@ -97,9 +102,11 @@ def evaluate(
                 raise InvalidInputError("--bundle needs --data-root (a bundle does not record its data)")
             result = evaluate_bundle(
                 bundle, data_root, split, dataset=dataset, text=text, backend=backend, device=device,
-                trusted_keys=trusted_key or None,
+                trusted_keys=trusted_key or None, precision=precision,
             )
         else:
+            if precision != "fp32":
+                raise InvalidInputError("--precision is for --bundle (checkpoints are scored by torch, fp32)")
             from prvr_export.train.checkpoint import resolve_checkpoint
             from prvr_export.train.evaluate import evaluate_checkpoint
 

@@ -25,6 +25,7 @@ from prvr_cli.encode import (
     JsonOpt,
     MaxBytesOpt,
     MaxFramesOpt,
+    PrecisionOpt,
     TrustedKeyOpt,
     encode_source,
 )
@@ -110,6 +111,7 @@ def build(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     trusted_key: TrustedKeyOpt = None,
+    precision: PrecisionOpt = "fp32",
     as_json: JsonOpt = False,
     max_frames: MaxFramesOpt = DEFAULT_MAX_FRAMES,
     max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
@@ -130,7 +132,7 @@ def build(
             from prvr_sdk.sources import open_features
 
             features = open_features(features, max_frames=max_frames, max_bytes=max_bytes)
-        retriever = open_retriever(bundle, backend, device, trusted_key)
+        retriever = open_retriever(bundle, backend, device, trusted_key, precision)
         info = _add_and_save(retriever, features, embeddings, fps, batch_size, meta, metadata, False,
                              path=out, overwrite=overwrite)
     except PrvrError as exc:
@@ -153,6 +155,7 @@ def add(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     trusted_key: TrustedKeyOpt = None,
+    precision: PrecisionOpt = "fp32",
     as_json: JsonOpt = False,
 ) -> None:
     """Add videos to an index as a new segment (atomic; the index must have been built with the bundle).
@@ -163,7 +166,7 @@ def add(
     """
     try:
         meta = read_metadata(metadata)
-        retriever = open_retriever(bundle or recorded_bundle(index), backend, device, trusted_key)
+        retriever = open_retriever(bundle or recorded_bundle(index), backend, device, trusted_key, precision)
         retriever.load_index(index)
         try:
             retriever.index.lock()  # before encoding: a busy index fails now, not after all the work

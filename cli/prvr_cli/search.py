@@ -25,7 +25,7 @@ from prvr_cli.common import (
     recorded_bundle,
     write_lines_atomic,
 )
-from prvr_cli.encode import BackendOpt, DeviceOpt, TrustedKeyOpt
+from prvr_cli.encode import BackendOpt, DeviceOpt, PrecisionOpt, TrustedKeyOpt
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
 BATCH = 256  # queries per search call for --queries files
@@ -102,6 +102,7 @@ def search(
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     trusted_key: TrustedKeyOpt = None,
+    precision: PrecisionOpt = "fp32",
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines (one per hit) on stdout.")] = False,
 ) -> None:
     """Search an index with a sentence (or a file of sentences); print the hits with their moments.
@@ -123,7 +124,7 @@ def search(
         if out is not None:
             check_out(out)  # before loading anything
         where = _parse_filter(filter)
-        retriever = open_retriever(bundle or recorded_bundle(index), backend, device, trusted_key)
+        retriever = open_retriever(bundle or recorded_bundle(index), backend, device, trusted_key, precision)
         retriever.load_index(index)
         if query is not None:
             texts, emb = [query], retriever.encode_text([query], show_progress=False)  # one query: no bar

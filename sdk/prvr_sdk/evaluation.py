@@ -105,6 +105,7 @@ def evaluate_bundle(
     backend: str = "auto",
     device: str = "auto",
     trusted_keys: list | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The protocol through an exported bundle with the runtime ``Retriever`` (no torch anywhere).
 
@@ -126,7 +127,9 @@ def evaluate_bundle(
 
     if text not in ("features", "strings"):
         raise InvalidInputError(f"text: expected 'features' or 'strings', got {text!r}")
-    retriever = Retriever.from_bundle(bundle, backend=backend, device=device, trusted_keys=trusted_keys)
+    retriever = Retriever.from_bundle(
+        bundle, backend=backend, device=device, precision=precision, trusted_keys=trusted_keys
+    )
     manifest = retriever.manifest
     config = SimpleNamespace(**manifest["model"]["config"])
     dataset = dataset or manifest["model"]["dataset"]
@@ -163,6 +166,7 @@ def evaluate_bundle(
         "split": split,
         "bundle": str(bundle),
         "backend": f"{retriever.choice.backend} ({retriever.choice.device})",
+        "precision": precision,
         "text": text,
         "headline": list(retriever.spec.headline),
         **metrics,

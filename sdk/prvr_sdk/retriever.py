@@ -14,6 +14,7 @@ here equal the ones the model was evaluated with.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -72,6 +73,18 @@ def _graph_file(
     matching = [name for name, cc in recorded.items() if cc == compute_capability]
     unrecorded = [name for name, cc in recorded.items() if cc is None]
     return (matching + unrecorded + [None])[0]
+
+
+def _precision_space(manifest: Mapping[str, Any], space: str, precision: str) -> str:
+    """``space`` for fp32 and for reduced precisions recorded ``compatible`` in ``manifest["precisions"]``
+    (fp32 and reduced embeddings interchangeable: cosine >= 0.99 on held-out data); otherwise the sha256 of
+    ``"<space>:<precision>"`` -- unmeasured precisions (e.g. engines built without calibration) included."""
+    if precision == "fp32":
+        return space
+    entry = (manifest.get("precisions") or {}).get(precision)
+    if isinstance(entry, Mapping) and entry.get("compatible") is True:
+        return space
+    return hashlib.sha256(f"{space}:{precision}".encode()).hexdigest()
 
 
 class Retriever:
@@ -191,9 +204,12 @@ class Retriever:
     def bundle_sha256(self) -> str:
         """The identity that embeddings and indexes are bound to: the manifest's ``embedding_space`` (the
         model's graphs, spec and input preparation; unchanged when engines or reduced-precision graphs are
-        added and the manifest re-sealed), or the manifest digest for bundles exported before it existed."""
+        added and the manifest re-sealed), or the manifest digest for bundles exported before it existed.
+        A reduced precision that ``prvr calibrate`` did not find interchangeable with fp32 is a space of its
+        own (``_precision_space``), so fp32 indexes refuse its embeddings."""
         space = self.manifest.get("embedding_space")
-        return str(space) if isinstance(space, str) and space else str(self.manifest["manifest_sha256"])
+        space = str(space) if isinstance(space, str) and space else str(self.manifest["manifest_sha256"])
+        return _precision_space(self.manifest, space, self.precision)
 
     @property
     def accepts_strings(self) -> bool:
