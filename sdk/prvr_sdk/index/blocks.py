@@ -1,8 +1,8 @@
 """The numerics of exact search over float16 clip matrices: decoding, blocked products, per-video max.
 
 Kept apart from ``ExactIndex`` (which does bookkeeping, filters and persistence) because these few functions
-are where the time goes and what ``bench/index.py`` measures; each is exact (results equal a float32 numpy
-computation on the same float16 values).
+are where the time goes and what ``bench/index.py`` and ``bench/search_1m.py`` measure; each is exact
+(results equal a float32 numpy computation on the same float16 values, up to summation order).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
+from prvr_sdk.native import f16dot
 
 __all__ = ["WRITE_CHUNK", "clip_rows", "decode_all", "decode_f16", "dot_f16", "max_per_video", "video_blocks"]
 
@@ -57,17 +59,30 @@ def decode_all(rows: np.ndarray) -> np.ndarray:
 def dot_f16(rows: np.ndarray, q: np.ndarray, piece: np.ndarray) -> np.ndarray:
     """``rows @ q.T`` in float32 for float16 (or float32) ``rows [n, D]``: ``[n, nq]``.
 
-    Decoding a cache-sized piece (``len(piece)`` rows) and multiplying it at once keeps the float32 copy in
-    cache, so the float16 matrix is streamed once: half the memory traffic of a float32 matrix. The
-    ``[rows, queries]`` layout makes the per-video max below a reduction over whole contiguous rows.
+    Few queries (``nq <= f16dot.MAX_NQ``): the native kernel (``prvr_sdk.native.f16dot``) converts and
+    multiplies each row in registers on all cores, reading the float16 matrix once -- a matrix-vector
+    product is bound by that read, which numpy's decode passes would multiply several times over. More
+    queries, or no kernel (no compiler, an old CPU, ``PRVR_NATIVE=off``): a cache-sized piece (``len(piece)``
+    rows) is decoded and multiplied by BLAS at once, so the float32 copy stays in cache and the float16
+    matrix is still streamed once; BLAS's GEMM beats the kernel there. The ``[rows, queries]`` layout
+    makes the per-video max below a reduction over whole contiguous rows. Both paths give float32 products
+    of the same float16 values, equal up to summation order.
     """
     if rows.dtype == np.float32:  # an index loaded with float32=True keeps decoded rows in RAM
         return rows @ q.T
+    if len(q) <= f16dot.MAX_NQ:
+        fast = f16dot.dot(rows, q)
+        if fast is not None:
+            return fast
     n, step = len(rows), len(piece)
     out = np.empty((n, len(q)), dtype=np.float32)
     for a in range(0, n, step):
         b = min(n, a + step)
-        np.matmul(decode_f16(rows[a:b], piece[: b - a]), q.T, out=out[a:b])
+        chunk = piece[: b - a]
+        # F16C decode (one thread: BLAS's own threads run the product next) or numpy's bit arithmetic.
+        if f16dot.decode(rows[a:b], chunk, threads=1) is None:
+            decode_f16(rows[a:b], chunk)
+        np.matmul(chunk, q.T, out=out[a:b])
     return out
 
 
