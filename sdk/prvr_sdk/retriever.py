@@ -174,7 +174,10 @@ class Retriever:
         for role in ("video_encoder", "text_encoder"):
             name = _graph_file(bundle, role, precision, fmt)
             if name is None:
-                hint = "run `prvr calibrate`" if precision == "int8" else "export it again"
+                hint = {
+                    "tensorrt": f"run `prvr build-engine {bundle.path} --precision {precision}`",
+                    "onnx": "run `prvr calibrate`" if precision != "fp32" else "export it again",
+                }[fmt]
                 raise BundleError(
                     f"bundle {bundle.path} has no {precision} {fmt} {role} (files: {sorted(bundle.files)}); "
                     f"use precision='fp32' or {hint}"
