@@ -163,7 +163,8 @@ def probe_torch() -> dict[str, str | None]:
 def probe_onnxruntime(distributions: Iterable[str]) -> dict[str, Any]:
     """onnxruntime's version, providers and installed distributions; imports onnxruntime lazily."""
     dists = sorted({normalize_dist_name(d) for d in distributions} & ONNXRUNTIME_VARIANTS)
-    report: dict[str, Any] = {"version": None, "providers": [], "distributions": dists, "error": None}
+    report: dict[str, Any] = {"version": None, "providers": [], "distributions": dists, "error": None,
+                              "scan": None}
     if not dists:
         return report
     try:
@@ -171,6 +172,9 @@ def probe_onnxruntime(distributions: Iterable[str]) -> dict[str, Any]:
 
         report["version"] = onnxruntime.__version__
         report["providers"] = list(onnxruntime.get_available_providers())
+        from prvr_sdk.backends.onnxruntime import scan_backend
+
+        report["scan"] = _one_line(scan_backend())  # what runs prvr::SelectiveScan on the CPU (builds it)
     except Exception as exc:  # a clashing or half-installed onnxruntime fails in many ways
         report["error"] = _one_line(f"{type(exc).__name__}: {exc}")
     return report
@@ -269,6 +273,9 @@ def render_table(report: dict[str, Any]) -> Table:
     elif ort["version"]:
         row("onnxruntime", f"{ort['version']} ({', '.join(ort['distributions'])})")
         row("  providers", ", ".join(ort["providers"]) or "none")
+        if ort.get("scan"):
+            slow = "[yellow]slow:[/yellow] " if ort["scan"].startswith("portable") else ""
+            row("  selective scan", ort["scan"], markup=slow)
     else:
         row("onnxruntime", None)
     row("tensorrt", report["tensorrt"])

@@ -48,7 +48,7 @@ def test_doctor_json_has_the_documented_keys(doctor_json: dict) -> None:
     assert doctor_json["prvr_sdk"] == prvr_sdk.__version__
     assert doctor_json["python"]["executable"] == sys.executable
     assert set(doctor_json["torch"]) == {"version", "build"}
-    assert set(doctor_json["onnxruntime"]) == {"version", "providers", "distributions", "error"}
+    assert set(doctor_json["onnxruntime"]) == {"version", "providers", "distributions", "error", "scan"}
     assert set(doctor_json["nvcc"]) == {"path", "release", "error"}
     assert isinstance(doctor_json["warnings"], list)
 
@@ -61,6 +61,13 @@ def test_doctor_reports_the_retrievers_auto_choice(doctor_json: dict) -> None:
         assert doctor_json["runtime"][key] == {
             "backend": expected.backend, "device": expected.device, "reason": expected.reason
         }
+
+
+def test_doctor_reports_what_runs_the_selective_scan_in_onnxruntime(doctor_json: dict) -> None:
+    from prvr_sdk.backends.onnxruntime import scan_backend
+
+    assert doctor_json["onnxruntime"]["scan"] == scan_backend()
+    assert scan_backend().split()[0] in ("native", "portable")
 
 
 def test_doctor_json_reports_numpy_version(doctor_json: dict) -> None:

@@ -1,37 +1,40 @@
-"""Build, load and call the C selective-scan kernel (``csrc/selective_scan_cpu.c``) through ctypes.
+"""Build, load and call the C selective-scan kernel (``prvr_sdk/native/scan/selective_scan_cpu.c``) through
+ctypes. The source lives with the runtime, which compiles the same file into its ONNX Runtime custom op
+(``prvr_sdk.backends.ort_scan``): one kernel for torch and for ORT.
 
 Why ctypes and not a torch C++ extension: the C file needs no torch headers, compiles in about a
-second with the system's C compiler on first use, and is cached per machine. ctypes releases the GIL
-during the call, so a small thread pool gives multi-core speed without an OpenMP runtime fighting
-torch's. When no compiler is present the op falls back to the reference: ``available_backends()`` says
-why, and ``selective_scan.backend_for`` logs it once per device (this module only records the reason, so
-the warning is not printed twice). ``calls()`` counts kernel invocations, so tests can prove it ran.
+second with the system's C compiler on first use, and is cached per machine (``prvr_sdk.native.build``,
+the loader the runtime's own kernels use: cache folder, compiler choice and atomic builds live there).
+ctypes releases the GIL during the call, so a small thread pool gives multi-core speed without an
+OpenMP runtime fighting torch's. When no compiler is present the op falls back to the reference:
+``available_backends()`` says why, and ``selective_scan.backend_for`` logs it once per device (this
+module only records the reason, so the warning is not printed twice). ``calls()`` counts kernel
+invocations, so tests can prove it ran.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+import prvr_sdk
+from prvr_sdk.native import build as native_build
+
 log = logging.getLogger(__name__)
 
-_SRC_DIR = Path(__file__).parent / "csrc"
+_SRC_DIR = Path(prvr_sdk.__file__).resolve().parent / "native" / "scan"
 _SOURCES = ("selective_scan_cpu.c", "selective_scan_impl.h")
 # -fno-trapping-math lets the compiler if-convert the clamps in prvr_expf (needed to vectorise on AVX2).
 _CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC",
            "-shared", "-std=c11"]
 _ABI_VERSION = 1
+_LIB_NAME = "prvr_scan"
 MAX_DSTATE = 256  # PRVR_MAX_N in the C source: the per-row state lives on the stack.
 _BLOCK = 16  # PRVR_W in the C source: channels per vector block in the forward kernel.
 # Below this much work (rows * L * N), thread hand-off costs more than it saves.
@@ -44,53 +47,6 @@ _pool: ThreadPoolExecutor | None = None
 _calls = {"forward": 0, "backward": 0}
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("PRVR_KERNEL_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "prvr" / "kernels"
-
-
-def _cpu_signature() -> str:
-    """-march=native code is only valid on CPUs with the same features: key the cache on them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _compiler() -> str | None:
-    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cand and shutil.which(cand):
-            return cand
-    return None
-
-
-def _build(cc: str) -> Path:
-    digest = hashlib.sha256()
-    for name in _SOURCES:
-        digest.update((_SRC_DIR / name).read_bytes())
-    digest.update(" ".join([cc, *_CFLAGS, platform.machine(), _cpu_signature()]).encode())
-    out = _cache_dir() / f"libprvr_scan-{digest.hexdigest()[:16]}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Compile to a temporary name and rename: concurrent first uses never load a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    cmd = [cc, *_CFLAGS, str(_SRC_DIR / _SOURCES[0]), "-o", tmp, "-lm"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if proc.returncode != 0:
-        os.unlink(tmp)
-        raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{proc.stderr.strip()}")
-    os.replace(tmp, out)
-    return out
-
-
 def _declare(lib: ctypes.CDLL) -> None:
     p, i64 = ctypes.c_void_p, ctypes.c_int64
     for sfx in ("f32", "f64"):
@@ -101,6 +57,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         bwd.argtypes = [p] * 15 + [i64] * 7
         bwd.restype = None
     lib.prvr_scan_abi_version.restype = ctypes.c_int
+    if lib.prvr_scan_abi_version() != _ABI_VERSION:
+        raise RuntimeError("kernel ABI version mismatch")
 
 
 def load() -> ctypes.CDLL | None:
@@ -114,18 +72,15 @@ def load() -> ctypes.CDLL | None:
         if os.environ.get("PRVR_DISABLE_CPU_KERNEL"):
             _error = "disabled by PRVR_DISABLE_CPU_KERNEL"
             return None
-        cc = _compiler()
-        if cc is None:
-            _error = "no C compiler found (set CC or install gcc)"
-            log.debug("selective scan: %s", _error)
-            return None
-        try:
-            lib = ctypes.CDLL(str(_build(cc)))
-            _declare(lib)
-            if lib.prvr_scan_abi_version() != _ABI_VERSION:
-                raise RuntimeError("kernel ABI version mismatch")
-        except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
-            _error = f"could not build the CPU kernel: {exc}"
+        # Compiling, caching (keyed by sources, flags, compiler and CPU) and loading are the runtime's
+        # loader, shared with prvr_sdk's kernels; the reason is logged at DEBUG because
+        # selective_scan.backend_for announces the fallback itself.
+        lib = native_build.load_library(
+            _LIB_NAME, _SRC_DIR / _SOURCES[0], flags=_CFLAGS, depends=[_SRC_DIR / n for n in _SOURCES[1:]],
+            libs=["-lm"], setup=_declare, log_level=logging.DEBUG,
+        )
+        if lib is None:
+            _error = native_build.unavailable_reason(_LIB_NAME) or "the CPU kernel could not be loaded"
             log.debug("selective scan: %s", _error)
             return None
         _lib = lib

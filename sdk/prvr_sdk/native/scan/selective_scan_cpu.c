@@ -1,7 +1,10 @@
-/* Selective scan on the CPU: a plain C kernel loaded through ctypes (no torch headers, compiles in
- * about a second). Each (batch, channel) row keeps its N states in a small array and walks time once;
- * the inner loop over N is written so the compiler vectorises it, which needs an exp that inlines.
- * Threads are the caller's job (ctypes releases the GIL), so this file has no OpenMP runtime.
+/* Selective scan on the CPU: a plain C kernel (no torch or ONNX Runtime headers, compiles in about a
+ * second). One copy serves both users: the torch op loads it through ctypes
+ * (prvr_export/ops/cpu_kernel.py) and ort_selective_scan.c includes it into ONNX Runtime's custom op.
+ * Each (batch, channel) row keeps its N states in a small array and walks time once; the inner loop
+ * over N is written so the compiler vectorises it, which needs an exp that inlines. Threads are the
+ * caller's job (a ctypes thread pool, or ONNX Runtime's intra-op pool), so this file has no OpenMP
+ * runtime.
  */
 #include <math.h>
 #include <stdint.h>
