@@ -25,6 +25,9 @@ from pathlib import Path
 
 __all__ = ["atomic_write", "swap_directory"]
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and restored at once
+os.umask(_UMASK)
+
 # link() errors that mean "this filesystem has no hard links", not "the target exists".
 _NO_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
 
@@ -48,7 +51,8 @@ def atomic_write(
         content: bytes, text (encoded with ``encoding``), or ``write(tmp_path)``, a callable that writes
             the (already created, empty) temporary file by path -- for writers that want a path, such as
             ``torch.save``, or that stream their output.
-        mode: permission bits of the new file; default: those of ``tempfile.mkstemp`` (0600).
+        mode: permission bits of the new file; default: what ``open()`` would give (0666 minus the
+            umask), so bundles, indexes and outputs are readable like any other file. Secrets pass 0600.
         fsync: flush the file (and, after the rename, its directory) to stable storage, so that the write
             survives a power cut and not only a crash of this process.
         overwrite: replace an existing ``path``; with False an existing file (or link) raises
@@ -77,8 +81,7 @@ def atomic_write(
             with os.fdopen(fd, "wb") as f:
                 fd = -1
                 f.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~_UMASK)
         if fsync:
             _fsync_file(tmp)
         if overwrite:

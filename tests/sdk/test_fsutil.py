@@ -92,3 +92,12 @@ def test_temporary_file_sits_beside_the_target(tmp_path: Path) -> None:
     atomic_write(tmp_path / "out.json", lambda tmp: seen.append(tmp) or tmp.write_text("{}"))
     assert seen[0].parent == tmp_path and seen[0].name.startswith(".out.json.")
     assert not os.path.exists(seen[0])
+
+
+def test_default_mode_follows_the_umask_like_open(tmp_path: Path) -> None:
+    """Oracle: a file made by plain ``open()`` in the same process gets the same permission bits."""
+    atomic_write(tmp_path / "a", "x")
+    with open(tmp_path / "b", "w") as f:
+        f.write("x")
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == stat.S_IMODE((tmp_path / "b").stat().st_mode)
+
