@@ -21,7 +21,7 @@ EXIT_CODE_MEANINGS: dict[int, str] = {
     1: "error",
     2: "invalid input or usage",
     3: "backend not installed",
-    4: "parity check failed",
+    4: "parity or accuracy check failed (export parity, calibration gate)",
     5: "bundle or index invalid, checksum mismatch",
     6: "index does not match the bundle",
     7: "index busy (another writer holds its lock, or it changed on disk)",
