@@ -166,8 +166,9 @@ def limit_ort_threads(threads: int) -> None:
 
 def model_rows(name: str, tmp: Path, args: argparse.Namespace) -> list[str]:
     torch.manual_seed(0)
-    model = create_model(name, "demo").eval()
-    export_bundle(model, model.config, tmp / name, model_name=name, dataset="demo", text_frontend=None)
+    model = create_model(name, args.dataset).eval()
+    export_bundle(model, model.config, tmp / name, model_name=name, dataset=args.dataset, text_frontend=None,
+                  fps=1.0)
     variants = {"native": retriever(tmp / name, True), "portable": retriever(tmp / name, False)}
     vs = variants["native"].video_spec
     shape = (vs.feature_dim,) if vs.patches is None else (vs.patches, vs.feature_dim)
@@ -199,6 +200,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--dataset", default="demo",
+                        help="the models' config: demo, or a paper config (mamfusion: tvr; muse: msrvtt)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for torch and for each ONNX Runtime session (default: each one's own)")
     args = parser.parse_args()
@@ -208,7 +211,7 @@ def main() -> None:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     logging.getLogger("prvr_sdk.backends.onnxruntime").setLevel(logging.ERROR)  # the expected fallback line
     warnings.simplefilter("ignore")
-    flags = f"--videos {args.videos} --repeats {args.repeats}"
+    flags = f"--videos {args.videos} --repeats {args.repeats} --dataset {args.dataset}"
     flags += f" --threads {args.threads}" if args.threads else ""
     print(f"# bench/ort_scan.py {flags}", time.strftime("%F"))
     print(f"#   python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
