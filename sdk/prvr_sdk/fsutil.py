@@ -23,7 +23,27 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "swap_directory"]
+__all__ = ["atomic_write", "cache_root", "swap_directory", "switched_off"]
+
+# Values of an environment switch that mean "off" (PRVR_CACHE_DIR, PRVR_NATIVE, PRVR_ORT_SCAN).
+OFF_VALUES = ("0", "off", "false", "no", "none")
+
+
+def switched_off(variable: str) -> bool:
+    """Whether environment ``variable`` is set to an "off" value (unset or empty: not off)."""
+    return os.environ.get(variable, "").strip().lower() in OFF_VALUES
+
+
+def cache_root() -> Path | None:
+    """prvr's per-user cache folder, or None when ``PRVR_CACHE_DIR`` turns caching off.
+
+    ``$PRVR_CACHE_DIR``, else ``$XDG_CACHE_HOME/prvr``, else ``~/.cache/prvr``: one rule for verification
+    stamps (``verified``) and compiled kernels (``native.build``).
+    """
+    root = os.environ.get("PRVR_CACHE_DIR")
+    if root is not None:
+        return None if root.strip().lower() in ("", *OFF_VALUES) else Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prvr"
 
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) and restored at once
 os.umask(_UMASK)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from prvr_sdk.fsutil import atomic_write
+from prvr_sdk.fsutil import atomic_write, cache_root
 
 __all__ = ["cache_dir", "is_verified", "remember"]
 
@@ -32,11 +31,9 @@ _RACY_NS = 2_000_000_000  # files younger than this at stamp time are hashed aga
 
 
 def cache_dir() -> Path | None:
-    """Where stamps go, or None when disabled."""
-    root = os.environ.get("PRVR_CACHE_DIR")
-    if root is not None and root.strip().lower() in ("", "off", "0", "none"):
-        return None
-    return (Path(root) if root else Path.home() / ".cache" / "prvr") / "verified"
+    """Where stamps go (``fsutil.cache_root()/verified``), or None when caching is off."""
+    root = cache_root()
+    return None if root is None else root / "verified"
 
 
 def _stamp_path(directory: Path) -> Path | None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from prvr_sdk.serving import HEADLINE_KEYS
+
 from .data import Feeds
 
 __all__ = [
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 COMPATIBLE_COSINE = 0.99
-METRIC_KEYS = ("R@1", "R@5", "R@10", "R@100", "SumR")
+METRIC_KEYS = HEADLINE_KEYS["sumr"]  # the PRVR report's R@K and SumR
 
 
 def run_graph(path: str | Path, feeds: Sequence[Feeds], threads: int | None = None) -> dict[str, np.ndarray]:

@@ -21,6 +21,7 @@ import mmap
 import os
 from pathlib import Path
 
+from prvr_sdk.fsutil import switched_off
 from prvr_sdk.native import build
 
 __all__ = ["LIBRARY", "calls", "graph_uses_scan", "library_path", "unavailable_reason"]
@@ -37,7 +38,6 @@ DEPENDS = (SCAN_DIR / "selective_scan_cpu.c", SCAN_DIR / "selective_scan_impl.h"
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared",
          "-std=c11", "-fvisibility=hidden"]
 _ABI_VERSION = 1
-_OFF = ("0", "off", "false", "no", "none")
 # The node's op_type as it is stored in a model file; its domain ("prvr") is a separate, shorter string.
 _MARKER = b"SelectiveScan"
 
@@ -50,7 +50,7 @@ def _setup(lib: ctypes.CDLL) -> None:
 
 
 def _switched_off() -> str | None:
-    if os.environ.get("PRVR_ORT_SCAN", "").strip().lower() in _OFF:
+    if switched_off("PRVR_ORT_SCAN"):
         return "disabled by PRVR_ORT_SCAN=off"
     if not build.enabled():
         return "disabled by PRVR_NATIVE=off"

@@ -37,6 +37,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from prvr_sdk.fsutil import cache_root, switched_off
+
 __all__ = [
     "BuildResult",
     "cache_dir",
@@ -51,7 +53,6 @@ log = logging.getLogger(__name__)
 
 _BUILD_TIMEOUT_S = 180
 _MAX_STDERR = 2000
-_OFF = ("0", "off", "false", "no", "none")
 
 _lock = threading.Lock()
 _loaded: dict[str, BuildResult] = {}
@@ -70,7 +71,7 @@ class BuildResult:
 
 def enabled() -> bool:
     """False when ``PRVR_NATIVE`` turns compiled kernels off (read on every call)."""
-    return os.environ.get("PRVR_NATIVE", "").strip().lower() not in _OFF
+    return not switched_off("PRVR_NATIVE")
 
 
 def cache_dir() -> Path:
@@ -79,17 +80,14 @@ def cache_dir() -> Path:
     explicit = os.environ.get("PRVR_KERNEL_CACHE")
     if explicit:
         return Path(explicit)
-    root = os.environ.get("PRVR_CACHE_DIR")
-    if root is not None and root.strip().lower() in ("", *_OFF):
+    root = cache_root()
+    if root is None:  # caching off: build into a folder of this process
         if _tmp_cache is None:
             _tmp_cache = Path(tempfile.mkdtemp(prefix="prvr-kernels-"))
             # A loaded library stays mapped after its file is deleted, so the folder can go at exit.
             atexit.register(shutil.rmtree, _tmp_cache, True)
         return _tmp_cache
-    if root:
-        return Path(root) / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "prvr" / "kernels"
+    return root / "kernels"
 
 
 def compiler() -> tuple[str | None, str | None]:
