@@ -39,6 +39,8 @@ __all__ = [
     "PRVRConfig",
     "apply_overrides",
     "build_model",
+    "check_fields",
+    "coerce_field",
     "config_to_dict",
     "create_model",
     "get_config",
@@ -289,21 +291,31 @@ def apply_overrides(config: Any, overrides: dict[str, Any] | None, where: str) -
     """
     if not overrides:
         return config
+    check_fields(config, overrides, where)
+    coerced = {key: coerce_field(getattr(config, key), value) for key, value in overrides.items()}
+    return dataclasses.replace(config, **coerced)
+
+
+def check_fields(config: Any, keys: Any, where: str) -> None:
+    """Refuse keys that name no field of the config dataclass (the message lists the valid ones)."""
     fields = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(overrides) - fields)
+    unknown = sorted(set(keys) - fields)
     if unknown:
         raise InvalidInputError(
             f"unknown config field(s) {unknown} for {where}; valid fields: {', '.join(sorted(fields))}"
         )
-    coerced = {}
-    for key, value in overrides.items():
-        current = getattr(config, key)
-        if isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
-        elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        coerced[key] = value
-    return dataclasses.replace(config, **coerced)
+
+
+def coerce_field(current: Any, value: Any) -> Any:
+    """A JSON value onto the type of the field it replaces, where that is unambiguous: a list onto a tuple
+    field (nested lists too), an int onto a float field, ints inside a tuple of floats."""
+    if isinstance(value, list) and isinstance(current, tuple):
+        value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(current, tuple) and isinstance(value, tuple) and current and isinstance(current[0], float):
+        return tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+    return value
 
 
 def create_model(model: str, dataset: str, overrides: dict[str, Any] | None = None) -> nn.Module:

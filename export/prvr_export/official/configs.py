@@ -17,6 +17,8 @@ import torch
 
 from prvr_sdk.errors import InvalidInputError
 
+from ..models.registry import check_fields, coerce_field
+
 __all__ = ["OFFICIAL_KEYS", "OFFICIAL_OPTIONS", "from_official_config", "infer_sizes", "merge"]
 
 # Official config key -> our field (docs/models.md §3.4, §4.5). A key maps only where our config class has
@@ -159,17 +161,6 @@ def infer_sizes(model_name: str, state: dict[str, torch.Tensor]) -> dict[str, An
     raise InvalidInputError(f"no official import for model {model_name!r}")
 
 
-def _coerce(current: Any, value: Any) -> Any:
-    """A JSON/YAML value onto the type of the field it replaces (lists onto tuples, ints onto floats)."""
-    if isinstance(current, tuple) and isinstance(value, list):
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(current, tuple) and isinstance(value, tuple) and current and isinstance(current[0], float):
-        return tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
-    return value
-
-
 def merge(
     base: Any,
     model_name: str,
@@ -185,13 +176,8 @@ def merge(
     Raises:
         InvalidInputError: an override names no field of the config, or the result fails validation.
     """
+    check_fields(base, overrides, f"--config of {model_name}")
     fields = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise InvalidInputError(
-            f"--config: unknown field(s) {unknown} for {model_name}; "
-            f"valid fields: {', '.join(sorted(fields))}"
-        )
     notes = []
     for key, value in sizes.items():
         if key in official and official[key] != value:
@@ -202,7 +188,7 @@ def merge(
     for layer in (official, sizes, OFFICIAL_OPTIONS.get(model_name, {}), overrides):
         for key, value in layer.items():
             if key in fields:
-                layered[key] = _coerce(getattr(base, key), value)
+                layered[key] = coerce_field(getattr(base, key), value)
     try:
         config = dataclasses.replace(base, **layered)
     except InvalidInputError as exc:
