@@ -5,7 +5,7 @@ PYTHON      ?= python3
 VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
-EXTRAS      ?= onnx,train,dev,demo,plugins
+EXTRAS      ?= onnx,train,dev,demo,plugins,qdrant,ray,serve
 # Pins torch to the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 CONSTRAINTS := constraints/cpu.txt
 # The CPU torch wheel lies in /opt/wheels on the lab machines.
