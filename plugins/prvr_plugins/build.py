@@ -445,7 +445,7 @@ def build_engines(
     cache = cache_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     built: dict[str, tuple[bytes, dict[str, Any]]] = {}
     for role in ROLES:
-        onnx_path = bundle.file(sources[role])
+        onnx_path = bundle.graph(sources[role])
         start = time.perf_counter()
         plan, cache, kind = _build_one(trt, logger, graph_for_tensorrt(onnx_path, precision, scan), onnx_path,
                                        profiles[role], workspace_gib, cache, scan)

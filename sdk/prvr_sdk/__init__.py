@@ -11,16 +11,11 @@ bundle; every error it raises on purpose is a ``prvr_sdk.errors.PrvrError``.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
+from prvr_sdk._version import __version__
 
-try:
-    __version__: str = version("prvr-sdk")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-from prvr_sdk.embeddings import VideoEmbeddings  # noqa: E402
-from prvr_sdk.hits import Hit  # noqa: E402
-from prvr_sdk.index import ExactIndex  # noqa: E402
-from prvr_sdk.retriever import Retriever  # noqa: E402
+from prvr_sdk.embeddings import VideoEmbeddings
+from prvr_sdk.hits import Hit
+from prvr_sdk.index import ExactIndex
+from prvr_sdk.retriever import Retriever
 
 __all__ = ["ExactIndex", "Hit", "Retriever", "VideoEmbeddings", "__version__"]

@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from .errors import BundleError, ChecksumError
@@ -158,6 +158,33 @@ class Bundle:
             raise BundleError(f"bundle {self.path} has no file {name!r} (has: {sorted(self.files)})")
         check_name(self.path, name)
         return self.path / name
+
+    def graph(self, name: str) -> Path:
+        """``file(name)`` for an ``.onnx`` graph about to be opened, after checking the files it names for
+        external tensor data (``prvr_sdk.onnx_refs``): each must be a file of this bundle, listed in the
+        manifest, in the graph's own folder -- so a hostile graph cannot make a session read other files.
+
+        Raises:
+            ChecksumError: the graph names a file outside that set, or is not a well-formed ONNX model.
+        """
+        path = self.file(name)
+        if not name.endswith(".onnx"):
+            return path
+        from .onnx_refs import external_data_locations
+
+        folder = PurePosixPath(name).parent
+        for location in sorted(external_data_locations(path)):
+            listed = str(folder / location) if str(folder) != "." else location
+            try:
+                safe = check_name(self.path, listed) and listed in self.files
+            except BundleError:
+                safe = False
+            if not safe or "/" in location or location in ("", ".", ".."):
+                raise ChecksumError(
+                    f"{path}: names external tensor data {location!r}, which is not a file of this bundle "
+                    f"beside {name!r} listed in its manifest; refusing to open a graph that reads other files"
+                )
+        return path
 
     @property
     def files(self) -> dict[str, dict[str, Any]]:

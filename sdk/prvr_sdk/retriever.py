@@ -26,6 +26,7 @@ import numpy as np
 from prvr_sdk import bundle as bundle_io
 from prvr_sdk import scoring
 from prvr_sdk.backends import Choice, Session, choose, open_session
+from prvr_sdk.backends.lazy import LazySession
 from prvr_sdk.embeddings import VideoEmbeddings
 from prvr_sdk.errors import BundleError, IndexMismatchError, InvalidInputError, ShapeMismatchError
 from prvr_sdk.features import anchor_spans, uniform_clip_spans, validate_frames
@@ -183,13 +184,18 @@ class Retriever:
                     f"use precision='fp32' or {hint}"
                 )
             names[role] = name
-        video = open_session(bundle.file(names["video_encoder"]), choice)
-        text = open_session(bundle.file(names["text_encoder"]), choice)
+        # Each graph opens on first use (backends.lazy): a search never pays for the video encoder.
+        def lazy(role: str) -> LazySession:
+            return LazySession(lambda: open_session(bundle.graph(names[role]), choice), role)
+
+        video, text = lazy("video_encoder"), lazy("text_encoder")
         from prvr_sdk.text import TextFrontend
 
         # The front end's backbone is a plain ONNX graph (no TensorRT engine): ONNX Runtime, same device.
         ort_choice = Choice("onnxruntime", choice.device if choice.backend == "onnxruntime" else "cpu", "")
-        frontend = TextFrontend.from_bundle(bundle, lambda p: open_session(p, ort_choice))
+        frontend = TextFrontend.from_bundle(
+            bundle, lambda p: LazySession(lambda: open_session(p, ort_choice), "text_frontend")
+        )
         retriever = cls(bundle, choice, precision, video, text, frontend)
         if index is not None:
             retriever.load_index(index)
@@ -219,13 +225,20 @@ class Retriever:
         """Whether ``encode_text`` takes sentences (the bundle carries a text front end)."""
         return self._frontend is not None
 
+    def _provider(self) -> str:
+        """The video graph's provider once it runs; before that, what was chosen (repr opens nothing)."""
+        session = self._video
+        if isinstance(session, LazySession) and not session.opened:
+            return f"{self.choice.backend} on {self.choice.device} (not opened yet)"
+        return session.provider
+
     def __repr__(self) -> str:
         text = f"strings via {self._frontend.kind}" if self._frontend is not None else "features only"
         index = f", index={len(self.index)} videos" if self.index is not None else ""
         return (
             f"Retriever(model={self.model_name!r}, dataset={self.manifest['model'].get('dataset')!r}, "
             f"backend={self.choice.backend!r}, device={self.choice.device!r}, "
-            f"provider={self._video.provider!r}, precision={self.precision!r}, dim={self.dim}, "
+            f"provider={self._provider()!r}, precision={self.precision!r}, dim={self.dim}, "
             f"text={text!r}{index})"
         )
 
