@@ -5,6 +5,9 @@ winning clip's span with the true span, R@1 at IoU >= 0.5) when the collection r
 stdout, or one JSON object with ``--json``. Without ``--checkpoint`` the newest ``runs/*/best.pt`` is used.
 With ``--bundle`` the exported bundle is scored instead, through the runtime Retriever (ONNX Runtime or
 TensorRT, no torch model): the same protocol and metrics code, so the two tables must agree.
+When moment metrics are skipped (wholly or partly) the reason is printed under the table and given as
+``moment_skipped_reason`` in the JSON. ``--compare-published`` adds the published figures of the model on
+the collection (``prvr_sdk.published``) and the run's deltas to them (JSON key ``published``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,45 @@ from prvr_sdk.errors import PrvrError
 RUNS_DIR = Path("runs")
 SPLITS = ("train", "val", "test")
 _EXTRA_KEYS = ("mAP", "mIoU", "R@1,IoU>=0.5")  # after the headline, when present
+
+
+def render_comparison(comparison: dict) -> Table | str:
+    """Run, published and delta rows over the headline metrics; a sentence when nothing is published."""
+    if not comparison["available"]:
+        return comparison["note"]
+    rows = comparison["rows"]
+    table = Table(
+        title=f"{comparison['model']} on {comparison['dataset']}: this run vs published",
+        caption=f"published: {comparison['source']}; {comparison['features']}"
+        + (f". Note: {comparison['note']}" if comparison["note"] else ""),
+        title_justify="left", caption_justify="left",
+    )
+    table.add_column("")
+    for row in rows:
+        table.add_column(row["metric"], justify="right")
+
+    def cell(value: float | None, key: str, signed: bool = False) -> str:
+        if value is None:
+            return "-"
+        digits = 2 if key in ("MdR", "MnR") else 1
+        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+    table.add_row("run", *(cell(r["run"], r["metric"]) for r in rows))
+    table.add_row("published", *(cell(r["published"], r["metric"]) for r in rows))
+    table.add_row("delta", *(cell(r["delta"], r["metric"], signed=True) for r in rows))
+    return table
+
+
+def _run_data_root(checkpoint: Path, data_root: Path | None) -> Path | None:
+    """The data root a checkpoint was scored on: --data-root, else the run's config.json record."""
+    if data_root is not None:
+        return data_root
+    config = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+    try:
+        recorded = json.loads(config.read_text(encoding="utf-8")).get("data_root")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(recorded) if isinstance(recorded, str) and recorded else None
 
 
 def render_table(result: dict) -> Table:
@@ -82,6 +124,10 @@ def evaluate(
         typer.Option("--trusted-key", help="With --bundle: Ed25519 public key; repeatable. The bundle must "
                      "be signed by one of them or it is refused (exit 5)."),
     ] = None,
+    compare_published: Annotated[
+        bool, typer.Option("--compare-published", help="Also show the published figures of the model on "
+                           "this collection and the run's deltas to them (docs/models.md §7).")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object to stdout instead of a table.")
     ] = False,
@@ -116,9 +162,31 @@ def evaluate(
             result = evaluate_checkpoint(
                 checkpoint, split, data_root=data_root, dataset=dataset, device=device
             )
+            result = {**result, **_skip_reason(result, _run_data_root(Path(checkpoint), data_root))}
     except PrvrError as exc:
         fail(exc)
+    if compare_published:
+        from prvr_sdk.published import compare_published as compare
+
+        result = {**result, "published": compare(result)}
     if as_json:
         typer.echo(json.dumps(result, indent=2))
-    else:
-        Console().print(render_table(result))
+        return
+    out = Console()
+    out.print(render_table(result))
+    if "moment_skipped_reason" in result:
+        out.print(f"moment metrics skipped: {escape(result['moment_skipped_reason'])}", highlight=False,
+                  soft_wrap=True)
+    if compare_published:
+        shown = render_comparison(result["published"])
+        out.print(escape(shown) if isinstance(shown, str) else shown, highlight=False, soft_wrap=True)
+
+
+def _skip_reason(result: dict, data_root: Path | None) -> dict:
+    """``{"moment_skipped_reason": ...}`` for a checkpoint's result, or ``{}`` when nothing was skipped."""
+    from prvr_sdk.evaluation import meta_hint, moment_skip_reason
+
+    reason = moment_skip_reason(result)
+    if reason is not None and result.get("moment_capable") and data_root is not None:
+        reason = moment_skip_reason(result, meta_hint(result["dataset"], data_root, result["split"]))
+    return {} if reason is None else {"moment_skipped_reason": reason}

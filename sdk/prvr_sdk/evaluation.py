@@ -11,12 +11,17 @@ Moment localisation, when the collection records spans: the query's winning clip
 its ground-truth video** is turned into seconds -- uniform clips with ``uniform_clip_spans`` over the
 video's frame times, learned moments with ``anchor_spans`` -- and compared with the true span (mIoU, R@1 at
 IoU >= 0.5). Queries whose video's timing is unknown are left out of the moment metrics and counted.
+
+The metrics stay numbers (training records them as such); why moment metrics are missing or partial is
+derived from their counters by ``moment_skip_reason``, with ``meta_hint`` naming what the collection's
+metadata file lacks. ``evaluate_bundle`` and ``prvr eval`` add that sentence as ``moment_skipped_reason``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +29,7 @@ import numpy as np
 from prvr_sdk.errors import InvalidInputError
 from prvr_sdk.metrics import moment_metrics, prvr_metrics
 
-__all__ = ["evaluate_bundle", "evaluate_scores"]
+__all__ = ["evaluate_bundle", "evaluate_scores", "meta_hint", "moment_skip_reason"]
 
 SpanSource = Callable[[int], "np.ndarray | None"]
 
@@ -48,9 +53,11 @@ def evaluate_scores(
         true_spans: per query ``(start, end)`` seconds, or None where the collection has no span.
 
     Returns:
-        ``R@1 R@5 R@10 R@100 SumR MdR MnR mAP`` (percent for R@K and mAP), ``queries``, ``videos``, and
-        ``mIoU``, ``R@1,IoU>=0.5``, ``moment_queries`` when spans and winning clips exist; then also
-        ``moment_skipped`` (queries with a true span whose video timing is unknown).
+        ``R@1 R@5 R@10 R@100 SumR MdR MnR mAP`` (percent for R@K and mAP), ``queries``, ``videos``,
+        ``moment_spans`` (queries with a true span), ``moment_capable`` (1 when the model gives a winning
+        clip with times, else 0); when both are non-zero ``moment_queries`` (compared) and
+        ``moment_skipped`` (a true span, but the video's timing is unknown), plus ``mIoU`` and
+        ``R@1,IoU>=0.5`` when ``moment_queries`` > 0. All numbers; see ``moment_skip_reason``.
 
     Raises:
         InvalidInputError: NaN/Inf scores (naming how many queries), or mismatched lengths.
@@ -65,7 +72,9 @@ def evaluate_scores(
     metrics: dict[str, float] = dict(prvr_metrics(scores, gt))
     metrics["queries"] = int(scores.shape[0])
     metrics["videos"] = int(scores.shape[1])
-    if best_clip is None or clip_spans is None or true_spans is None:
+    metrics["moment_spans"] = 0 if true_spans is None else sum(span is not None for span in true_spans)
+    metrics["moment_capable"] = int(best_clip is not None and clip_spans is not None)
+    if not metrics["moment_capable"] or not metrics["moment_spans"]:
         return metrics
     if len(best_clip) != len(gt) or len(true_spans) != len(gt):
         raise InvalidInputError(
@@ -90,9 +99,79 @@ def evaluate_scores(
     if pred:
         found = moment_metrics(np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64))
         metrics.update({k: float(v) for k, v in found.items()})
-        metrics["moment_queries"] = len(pred)
-        metrics["moment_skipped"] = skipped
+    metrics["moment_queries"] = len(pred)
+    metrics["moment_skipped"] = skipped
     return metrics
+
+
+def moment_skip_reason(result: Mapping[str, Any], hint: str | None = None) -> str | None:
+    """Why ``result`` (``evaluate_scores``' metrics) has no, or only partial, moment metrics; None if none
+    was skipped.
+
+    Args:
+        result: the metrics, with ``queries``, ``moment_spans``, ``moment_capable`` (and ``moment_skipped``).
+        hint: what the collection's metadata lacks (``meta_hint``), appended where spans or timing are
+            missing.
+    """
+    if "moment_capable" not in result:
+        return None
+    suffix = f" ({hint})" if hint else ""
+    if not result["moment_capable"]:
+        return "the model scores whole videos and gives no winning clip, so it predicts no moments"
+    queries, spans = int(result["queries"]), int(result["moment_spans"])
+    if spans == 0:
+        return (
+            "no query of this split has a ground-truth [start, end] span" + suffix if hint else
+            "no query of this split has a ground-truth [start, end] span (the collection's "
+            "TextData/<collection>_meta.json gives them; write it with `prvr data annotations`)"
+        )
+    parts = []
+    skipped = int(result.get("moment_skipped", 0))
+    if skipped:
+        parts.append(
+            f"{skipped} of {spans} queries with a span were left out: their video's timing is unknown (the "
+            "metadata needs 'fps' and the video's 'duration' or 'num_frames')" + suffix
+        )
+    if spans < queries:
+        parts.append(f"{queries - spans} of {queries} queries have no ground-truth span" + suffix)
+    return "; ".join(parts) or None
+
+
+def meta_hint(dataset: str, data_root: str | os.PathLike, split: str) -> str | None:
+    """What the collection's metadata file lacks for moment metrics on ``split``, as one sentence (with
+    the command that writes it), or None when it looks complete."""
+    from prvr_sdk.data import read_captions, read_meta
+    from prvr_sdk.data.annotations import ANNOTATION_DATASETS, meta_path
+    from prvr_sdk.data.layout import caption_path
+
+    try:
+        path = meta_path(data_root, dataset)
+    except InvalidInputError:
+        return None
+    command = (
+        f"`prvr data annotations --dataset {dataset} --from FILE... --data-root {data_root}` writes it from "
+        "the public annotations" if dataset in ANNOTATION_DATASETS else "docs/models.md §1.6 gives its format"
+    )
+    if not path.is_file():
+        return f"no {path}; {command}"
+    try:
+        meta = read_meta(path)
+        captions = read_captions(caption_path(Path(data_root), dataset, split))
+    except InvalidInputError as exc:
+        return str(exc)
+    spans = meta.get("captions", {})
+    if not any(isinstance(spans.get(c.cap_id), dict) and spans[c.cap_id].get("span") for c in captions):
+        return f"{path} has no span for any caption of {split!r}; {command}"
+    videos = meta.get("videos", {})
+    if meta.get("fps") is None and not any(isinstance(v, dict) and v.get("fps") for v in videos.values()):
+        return f"{path} has no 'fps' (feature rows per second); rerun `prvr data annotations` with --fps"
+    spanned = {c.video_id for c in captions if isinstance(spans.get(c.cap_id), dict)
+               and spans[c.cap_id].get("span")}
+    missing = {v for v in spanned if not isinstance(videos.get(v), dict)
+               or not ({"duration", "num_frames"} & set(videos[v]))}
+    if missing:
+        return f"{path} has no duration for {len(missing)} videos of {split!r}, e.g. {sorted(missing)[0]}"
+    return None
 
 
 def evaluate_bundle(
@@ -115,7 +194,8 @@ def evaluate_bundle(
 
     Returns:
         ``evaluate_scores``' metrics plus ``model``, ``dataset``, ``split``, ``bundle``, ``backend``,
-        ``text`` and ``headline`` (the metric names to show first, from the bundle's serving spec).
+        ``text``, ``headline`` (the metric names to show first, from the bundle's serving spec) and, when
+        moment metrics were skipped (wholly or partly), ``moment_skipped_reason``.
     Raises:
         InvalidInputError: unknown ``text`` mode, empty split, videos with different feature rates, or
             strings for a bundle without a front end.
@@ -160,6 +240,9 @@ def evaluate_bundle(
         clip_spans=None if videos.spans is None else videos.clip_spans,
         true_spans=[data.span(c.cap_id) for c in captions],
     )
+    reason = moment_skip_reason(metrics)
+    if reason is not None and metrics["moment_capable"]:
+        reason = moment_skip_reason(metrics, meta_hint(dataset, data_root, split))
     return {
         "model": retriever.model_name,
         "dataset": dataset,
@@ -170,4 +253,5 @@ def evaluate_bundle(
         "text": text,
         "headline": list(retriever.spec.headline),
         **metrics,
+        **({"moment_skipped_reason": reason} if reason else {}),
     }
