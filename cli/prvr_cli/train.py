@@ -4,12 +4,17 @@ Runs live under ``runs/`` by default (``runs/<model>-<dataset>-<YYYYmmdd-HHMMSS>
 ``prvr eval`` look for the newest ``best.pt`` there. Progress and one metrics line per epoch go to stderr;
 ``--json`` prints the best epoch's metrics to stdout at the end. Data-parallel: run the same command
 under ``torchrun --nproc_per_node=N "$(which prvr)" train ...`` (see ``prvr_export.train.distributed``).
+
+Before anything is built, ``prvr data check``'s check runs on the files the model will read (every split, so
+a test video missing from ``video2frames.txt`` stops the run now, not after the last epoch); errors exit 2
+with the table on stderr, warnings are shown and training goes on. ``--skip-check`` opts out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +24,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from prvr_cli.common import fail
+from prvr_cli.common import fail, read_text_file
 from prvr_sdk.errors import InvalidInputError, PrvrError
 
 RUNS_DIR = Path("runs")
@@ -88,6 +93,35 @@ def detach_logging(attached: tuple[logging.Handler, int], name: str = "prvr_expo
     log.setLevel(attached[1])
 
 
+def run_data_check(
+    model: str, dataset: str, data_root: Path, overrides: dict[str, Any], saved: Path | None,
+    progress: bool, console: Console,
+) -> None:
+    """``prvr data check`` for the config this run will use (``saved``: a resumed run's ``config.json``).
+
+    Raises:
+        InvalidInputError: the check found errors (the table went to ``console`` first).
+    """
+    from prvr_cli.data import check_configs, print_report
+    from prvr_sdk.data.check import check_collection, check_error_message
+
+    if saved is not None and saved.is_file():
+        try:
+            overrides = dict(json.loads(read_text_file(saved, "--resume"))["config"])
+        except (ValueError, KeyError, TypeError):
+            pass  # the training loop reads the checkpoint and says what is wrong with it
+    configs = check_configs(dataset, [model], overrides)
+    report = check_collection(dataset, data_root, configs, show_progress=progress and console.is_terminal)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: every rank checks (and stops) alike, rank 0 prints
+        console = Console(stderr=True, quiet=True)
+    if report.problems:
+        print_report(report, console)
+    if not report.ok:
+        raise InvalidInputError(
+            check_error_message(report) + "; fix the data (or the --config shown), or pass --skip-check"
+        )
+
+
 def train(
     model: Annotated[str, typer.Option("--model", help=f"Model: {', '.join(MODELS)}.")],
     dataset: Annotated[str, typer.Option("--dataset", help=f"Collection: {', '.join(DATASETS)}.")],
@@ -115,6 +149,9 @@ def train(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar on stderr.")
     ] = True,
+    skip_check: Annotated[
+        bool, typer.Option("--skip-check", help="Start without checking the data files (prvr data check).")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the best epoch's metrics as JSON to stdout.")
     ] = False,
@@ -135,6 +172,9 @@ def train(
             if resume:
                 raise InvalidInputError("--resume needs --out (the run directory to continue)")
             out = default_out_dir(model, dataset)
+        if not skip_check:
+            saved = out / "config.json" if resume else None
+            run_data_check(model, dataset, data_root, overrides, saved, progress, err)
         from prvr_export.train.loop import train as run_training
 
         attached = attach_stderr_logging()

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from prvr_sdk.data.layout import check_file_name
 from prvr_sdk.errors import InvalidInputError
 
 __all__ = [
@@ -96,6 +97,10 @@ class PRVRConfig:
     video_source: str = "bigfile"  # "bigfile" | "hdf5" | "patches" (MUSE: raw frame patches)
     max_frames: int | None = None  # MUSE: frames sampled per video
     patch_grid: int | None = None  # MUSE: patches per frame = patch_grid ** 2
+    # feature files, plain names; None = the collection's (prvr_sdk.data.layout.DATASETS)
+    visual_feature: str | None = None  # BigFile folder under FeatureData/ (video_source "bigfile")
+    clip_feature_file: str | None = None  # hdf5 under FeatureData/ (video_source "hdf5" / "patches")
+    query_feature_file: str | None = None  # hdf5 under TextData/ (token or sentence features)
     # --- provenance ---
     notes: str = ""  # free text from the JSON file: sources, deliberate deviations from the official code
 
@@ -120,6 +125,9 @@ class PRVRConfig:
         ):
             if not getattr(self, name) > 0:
                 raise InvalidInputError(f"config.{name} = {getattr(self, name)!r}; expected a positive value")
+        for name in ("visual_feature", "clip_feature_file", "query_feature_file"):
+            if getattr(self, name) is not None:
+                check_file_name(getattr(self, name), name)
         if len(self.betas) != 2:
             raise InvalidInputError(f"config.betas = {self.betas!r}; expected two floats")
         for group in self.lr_groups:

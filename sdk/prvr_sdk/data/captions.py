@@ -24,10 +24,12 @@ __all__ = [
     "BigFile",
     "BigFileVideos",
     "Caption",
+    "CaptionIssue",
     "H5Features",
     "read_captions",
     "read_meta",
     "read_video2frames",
+    "scan_captions",
     "video_id_of",
 ]
 
@@ -47,42 +49,75 @@ def video_id_of(cap_id: str) -> str:
     return cap_id.split("#", 1)[0]
 
 
-def read_captions(path: str | os.PathLike, max_bytes: int | None = None) -> list[Caption]:
-    """One ``<cap_id> <text>`` per line, split at the first space; blank lines are skipped.
+@dataclass(frozen=True)
+class CaptionIssue:
+    """One bad line of a caption file: ``kind`` is ``"utf8"``, ``"no_text"``, ``"duplicate"`` or ``"empty"``
+    (the file holds no captions; ``line`` 0)."""
 
-    Args:
-        path: the caption file (UTF-8).
-        max_bytes: see ``prvr_sdk.limits``; the file may be at most ``max_bytes // TEXT_FACTOR`` bytes.
+    line: int
+    kind: str
+    detail: str
 
-    Returns:
-        The captions in file order.
+
+def scan_captions(
+    path: str | os.PathLike, max_bytes: int | None = None
+) -> tuple[list[Caption], list[CaptionIssue]]:
+    """Every good caption of a file and every bad line, without stopping at the first (``prvr data check``).
+
+    One ``<cap_id> <text>`` per line, split at the first space; blank lines are skipped; a line is decoded
+    on its own, so a bad byte is reported with its line number.
+
     Raises:
-        InvalidInputError: the file is missing or too large, a line is not UTF-8 or has no text, a cap_id
-            repeats, or the file is empty. Messages give ``<file>:<line>``.
+        InvalidInputError: the file is missing or larger than ``max_bytes // TEXT_FACTOR``.
     """
     path = check_text_file(require_file(Path(path), "caption file"), "caption file", max_bytes)
     captions: list[Caption] = []
+    issues: list[CaptionIssue] = []
     seen: set[str] = set()
-    with open(path, "rb") as f:  # bytes, decoded per line: a bad byte is reported with its line number
+    with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()
             except UnicodeDecodeError as exc:
-                raise InvalidInputError(
-                    f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
-                ) from None
+                detail = f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+                issues.append(CaptionIssue(lineno, "utf8", detail))
+                continue
             if not line:
                 continue
             cap_id, _, text = line.partition(" ")
             text = text.strip()
             if not text:
-                raise InvalidInputError(f"{path}:{lineno}: expected '<cap_id> <text>', got {line[:80]!r}")
+                detail = f"expected '<cap_id> <text>', got {line[:80]!r}"
+                issues.append(CaptionIssue(lineno, "no_text", detail))
+                continue
             if cap_id in seen:
-                raise InvalidInputError(f"{path}:{lineno}: caption id {cap_id!r} appears twice")
+                issues.append(CaptionIssue(lineno, "duplicate", f"caption id {cap_id!r} appears twice"))
+                continue
             seen.add(cap_id)
             captions.append(Caption(cap_id, video_id_of(cap_id), text))
-    if not captions:
-        raise InvalidInputError(f"{path}: caption file holds no captions")
+    if not captions and not issues:
+        issues.append(CaptionIssue(0, "empty", "caption file holds no captions"))
+    return captions, issues
+
+
+def read_captions(path: str | os.PathLike, max_bytes: int | None = None) -> list[Caption]:
+    """The captions of a file in file order (``scan_captions``), refusing a file with any bad line.
+
+    Args:
+        path: the caption file (UTF-8).
+        max_bytes: see ``prvr_sdk.limits``; the file may be at most ``max_bytes // TEXT_FACTOR`` bytes.
+
+    Raises:
+        InvalidInputError: the file is missing or too large, a line is not UTF-8 or has no text, a cap_id
+            repeats, or the file is empty. Messages give ``<file>:<line>`` of the first bad line and how many
+            more there are (``prvr data check`` lists them all).
+    """
+    captions, issues = scan_captions(path, max_bytes)
+    if issues:
+        first = issues[0]
+        where = f"{path}:{first.line}" if first.line else f"{path}"
+        more = f" ({len(issues) - 1} more bad lines; prvr data check lists them)" if len(issues) > 1 else ""
+        raise InvalidInputError(f"{where}: {first.detail}{more}")
     return captions
 
 

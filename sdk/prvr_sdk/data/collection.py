@@ -23,11 +23,19 @@ from typing import Any
 import numpy as np
 
 from prvr_sdk.data.captions import BigFileVideos, Caption, H5Features, read_captions, read_meta
-from prvr_sdk.data.layout import caption_path, collection_files
+from prvr_sdk.data.layout import (
+    FeatureNames,
+    caption_path,
+    check_file_name,
+    collection_files,
+    collection_root,
+    feature_names,
+    missing_feature_hint,
+)
 from prvr_sdk.errors import InvalidInputError
 from prvr_sdk.inputs import TextSpec, VideoSpec, prepare_query, prepare_video
 
-__all__ = ["Collection", "DataSettings", "open_collection"]
+__all__ = ["Collection", "DataSettings", "open_collection", "parse_span"]
 
 QUERY_TYPES = ("tokens", "sentence")
 VIDEO_SOURCES = ("bigfile", "hdf5", "patches")
@@ -48,6 +56,9 @@ class DataSettings:
     normalize_query: bool = True
     max_frames: int | None = None  # MUSE
     patch_grid: int | None = None  # MUSE: patches per frame = patch_grid ** 2
+    visual_feature: str | None = None  # BigFile folder under FeatureData/ (None: the collection's)
+    clip_feature_file: str | None = None  # video hdf5 under FeatureData/ ("hdf5", "patches")
+    query_feature_file: str | None = None  # query hdf5 under TextData/
 
     @classmethod
     def from_config(cls, config: Any) -> DataSettings:
@@ -68,10 +79,15 @@ class DataSettings:
         if missing:
             raise InvalidInputError(f"config lacks the data fields {missing}")
         values = {name: getattr(config, name) for name in required}
-        for name in ("num_clips", "normalize_video", "normalize_query", "max_frames", "patch_grid"):
+        optional = ("num_clips", "normalize_video", "normalize_query", "max_frames", "patch_grid",
+                    "visual_feature", "clip_feature_file", "query_feature_file")
+        for name in optional:
             if hasattr(config, name):
                 values[name] = getattr(config, name)
         settings = cls(**values)
+        for name in ("visual_feature", "clip_feature_file", "query_feature_file"):
+            if getattr(settings, name) is not None:
+                check_file_name(getattr(settings, name), name)
         if settings.query_type not in QUERY_TYPES:
             raise InvalidInputError(
                 f"config.query_type = {settings.query_type!r}; expected one of {QUERY_TYPES}"
@@ -121,9 +137,7 @@ class Collection:
         self.dataset = dataset
         self.files = collection_files(dataset)
         self.data_root = Path(data_root)
-        self.root = self.data_root / dataset
-        if not self.root.is_dir():
-            raise InvalidInputError(f"{self.root}: collection folder for dataset {dataset!r} not found")
+        self.root = collection_root(self.data_root, dataset)
         self.settings = DataSettings.from_config(config)
         self.cache = cache
         self._captions: dict[str, list[Caption]] = {}
@@ -135,30 +149,37 @@ class Collection:
 
     # -- files -------------------------------------------------------------------------------------
 
+    def feature_names(self) -> FeatureNames:
+        """The feature file names this config reads (its ``visual_feature`` / ``clip_feature_file`` /
+        ``query_feature_file``, else the collection's defaults)."""
+        s = self.settings
+        return feature_names(
+            self.dataset, s.video_source, s.query_type, visual_feature=s.visual_feature,
+            clip_feature_file=s.clip_feature_file, query_feature_file=s.query_feature_file,
+        )
+
     def video_path(self) -> Path:
         """The video feature file (or BigFile folder) that ``settings.video_source`` selects."""
-        source = self.settings.video_source
-        name = {"bigfile": self.files.vfeat, "hdf5": self.files.video_hdf5, "patches": self.files.patches}[
-            source
-        ]
-        if name is None:
-            raise InvalidInputError(
-                f"dataset {self.dataset!r} has no video features for video_source {source!r}"
-            )
-        return self.root / "FeatureData" / name
+        return self.root / "FeatureData" / self.feature_names().video
 
     def query_path(self) -> Path:
         """The query feature file that ``settings.query_type`` selects."""
-        kind = self.settings.query_type
-        name = self.files.token_feats if kind == "tokens" else self.files.sentence_feats
-        if name is None:
-            raise InvalidInputError(f"dataset {self.dataset!r} has no query features for query_type {kind!r}")
-        return self.root / "TextData" / name
+        return self.root / "TextData" / self.feature_names().query
+
+    def _require(self, path: Path, field: str, what: str) -> None:
+        """A missing feature file: name it, the config field that picks it, and where it comes from."""
+        if path.exists():
+            return
+        hint = missing_feature_hint(self.dataset, path.name)
+        raise InvalidInputError(
+            f"{path}: {what} not found (config field {field}){'; ' + hint if hint else ''}"
+        )
 
     def _video_store(self) -> BigFileVideos | H5Features:
         if self._videos is None:
             s = self.settings
             path = self.video_path()
+            self._require(path, self.feature_names().video_field, f"{s.video_source} video features")
             if s.video_source == "bigfile":
                 self._videos = BigFileVideos(path, expected_dim=s.video_feat_dim)
             elif s.video_source == "hdf5":
@@ -171,14 +192,19 @@ class Collection:
         if self._queries is None:
             s = self.settings
             shape = (None, s.query_feat_dim) if s.query_type == "tokens" else (s.query_feat_dim,)
+            self._require(self.query_path(), "query_feature_file", f"{s.query_type} query features")
             self._queries = H5Features(self.query_path(), shape, f"{s.query_type} query features")
         return self._queries
+
+    def meta_path(self) -> Path | None:
+        """``TextData/<collection>_meta.json`` (which may not exist), or None for a collection without one."""
+        return self.root / "TextData" / self.files.meta if self.files.meta else None
 
     @property
     def meta(self) -> dict:
         """The collection's metadata JSON (spans, durations), or ``{}`` when it ships none."""
         if self._meta is None:
-            path = self.root / "TextData" / self.files.meta if self.files.meta else None
+            path = self.meta_path()
             self._meta = read_meta(path) if path is not None and path.is_file() else {}
         return self._meta
 
@@ -201,8 +227,13 @@ class Collection:
             entry = entry.get("span")
         if entry is None:
             return None
-        start, end = entry
-        return float(start), float(end)
+        span = parse_span(entry)
+        if span is None:
+            raise InvalidInputError(
+                f"{self.meta_path()}: caption {cap_id!r}: span {entry!r} is not [start, end] seconds with "
+                "0 <= start <= end"
+            )
+        return span
 
     def duration(self, video_id: str) -> float | None:
         """A video's duration in seconds, when the metadata has it."""
@@ -264,6 +295,19 @@ class Collection:
         s = self.settings
         name = type(self).__name__
         return f"{name}({self.dataset!r}, {str(self.root)!r}, video={s.video_source}, query={s.query_type})"
+
+
+def parse_span(entry: Any) -> tuple[float, float] | None:
+    """``(start, end)`` seconds from a metadata span ``[start, end]``, or None when it is not one
+    (two finite numbers, ``0 <= start <= end``)."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in entry):
+        return None
+    start, end = float(entry[0]), float(entry[1])
+    if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end < start:
+        return None
+    return start, end
 
 
 def open_collection(
