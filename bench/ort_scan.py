@@ -90,7 +90,7 @@ def retriever(bundle: Path, native: bool) -> Retriever:
     saved = os.environ.get("PRVR_ORT_SCAN")
     os.environ["PRVR_ORT_SCAN"] = "on" if native else "off"
     try:
-        return Retriever.from_bundle(bundle, device="cpu")
+        return Retriever.from_bundle(bundle, device="cpu").open()  # sessions read the switch when they open
     finally:
         if saved is None:
             os.environ.pop("PRVR_ORT_SCAN")

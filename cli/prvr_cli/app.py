@@ -13,6 +13,7 @@ from prvr_cli import data, doctor, encode, evaluate, export, import_cmd, index, 
 from prvr_cli.build_engine import build_engine
 from prvr_cli.calibrate import calibrate
 from prvr_cli.common import print_error
+from prvr_cli.serve import serve
 from prvr_sdk.errors import EXIT_CODES, PrvrError, exit_code_for
 
 # What each exit code means to a caller; the classes behind each code are read from EXIT_CODES.
@@ -79,6 +80,7 @@ app.command(name="import")(import_cmd.import_official)
 app.command(name="encode")(encode.encode)
 app.add_typer(index.app, name="index")
 app.command(name="search")(search.search)
+app.command(name="serve")(serve)
 app.command(name="build-engine")(build_engine)
 app.command(name="calibrate")(calibrate)
 app.add_typer(data.app, name="data")

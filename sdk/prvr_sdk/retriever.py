@@ -201,6 +201,15 @@ class Retriever:
             retriever.load_index(index)
         return retriever
 
+    def open(self) -> Retriever:
+        """Open every graph now rather than at first use: a server calls it at start so that no request pays
+        for it, and settings read when a session opens (``PRVR_ORT_SCAN``, threads) apply as they are now."""
+        frontend_session = getattr(self._frontend, "_session", None)
+        for session in (self._video, self._text, frontend_session):
+            if isinstance(session, LazySession):
+                session.get()
+        return self
+
     @property
     def manifest(self) -> dict[str, Any]:
         return self.bundle.manifest
@@ -225,8 +234,14 @@ class Retriever:
         """Whether ``encode_text`` takes sentences (the bundle carries a text front end)."""
         return self._frontend is not None
 
+    @property
+    def provider(self) -> str:
+        """What runs the video graph (e.g. ``CPUExecutionProvider``): the session's own report, so a CUDA
+        request that ONNX Runtime serves on the CPU shows as such. Opens the graph if it was not yet."""
+        return self._video.provider
+
     def _provider(self) -> str:
-        """The video graph's provider once it runs; before that, what was chosen (repr opens nothing)."""
+        """``provider`` once the graph is open; before that, what was chosen (``repr`` opens nothing)."""
         session = self._video
         if isinstance(session, LazySession) and not session.opened:
             return f"{self.choice.backend} on {self.choice.device} (not opened yet)"

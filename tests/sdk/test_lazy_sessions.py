@@ -31,6 +31,8 @@ def test_text_only_work_never_opens_the_video_graph():
     assert r._video.opened
     np.testing.assert_allclose(emb.clips(emb.ids[0]), golden["clip_emb"][0], atol=1e-5)
     assert "CPUExecutionProvider" in repr(r)
+    fresh = Retriever.from_bundle(GOLDEN / "amdnet" / "bundle", device="cpu").open()
+    assert fresh._video.opened and fresh._text.opened
 
 
 def test_concurrent_first_uses_open_the_graph_once():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import mmap as mmaplib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from prvr_sdk.index.filters import ABSENT, ID_FIELD, Column, build_column
 from prvr_sdk.index.store import IndexFormatError, SegmentFiles
 
 __all__ = ["Segment", "SegmentView"]
+
+_PARSE_LOCK = threading.Lock()  # first parse of a segment's metadata (rare, short)
 
 
 class Segment:
@@ -70,14 +73,18 @@ class Segment:
 
     def metadata_line(self, row: int) -> bytes:
         if self._lines is None:
-            assert self.source is not None
-            data = self._metadata_map[:] if self._metadata_map is not None else b""
-            lines = data.split(b"\n")[:-1]
-            if len(lines) != len(self.ids) or (data and not data.endswith(b"\n")):
-                raise IndexFormatError(
-                    f"{self.source / store.METADATA}: {len(lines)} lines for {len(self.ids)} videos"
-                )
-            self._lines, self._metadata_map = lines, None
+            # Searches run concurrently (prvr serve); the first reads of a segment must not both parse and
+            # one of them find the map already dropped by the other.
+            with _PARSE_LOCK:
+                if self._lines is None:
+                    assert self.source is not None
+                    data = self._metadata_map[:] if self._metadata_map is not None else b""
+                    lines = data.split(b"\n")[:-1]
+                    if len(lines) != len(self.ids) or (data and not data.endswith(b"\n")):
+                        raise IndexFormatError(
+                            f"{self.source / store.METADATA}: {len(lines)} lines for {len(self.ids)} videos"
+                        )
+                    self._lines, self._metadata_map = lines, None
         return self._lines[row]
 
     def metadata(self, row: int) -> dict[str, Any]:
