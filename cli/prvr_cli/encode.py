@@ -2,6 +2,8 @@
 
 Batch encoding for large collections: encode once, then build or extend any number of indexes from the
 file (`prvr index build --embeddings`). Torch-free: ONNX Runtime (or TensorRT) runs the encoder.
+`--engine ray` spreads many feature shards over a Ray cluster (local by default) and writes a resumable
+folder of sharded embeddings (`prvr_sdk.scale`), which `--embeddings` accepts as well.
 """
 
 from __future__ import annotations
@@ -14,14 +16,35 @@ from typing import Annotated
 import typer
 
 from prvr_cli.common import check_out, err, fail, open_retriever, out_error
-from prvr_sdk.errors import PrvrError
+from prvr_sdk.errors import InvalidInputError, PrvrError
 from prvr_sdk.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Export bundle directory (prvr export).")]
 FeaturesOpt = Annotated[
-    Path,
+    list[Path],
     typer.Option("--features", help="Per-video frame features: .h5/.hdf5, .npz, a folder of <id>.npy, or a "
-                 "BigFile folder."),
+                 "BigFile folder. With --engine ray: one feature shard each, repeatable; more shards may "
+                 "follow as arguments (--features a.h5 b.h5 ...)."),
+]
+ShardsArg = Annotated[
+    list[Path] | None,
+    typer.Argument(help="More feature shards (--engine ray), e.g. a shell glob after --features.",
+                   show_default=False),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option("--engine", help="local: this process, one output file. ray: a Ray cluster, one output "
+                 "file per shard plus manifest.json in the --out folder; resumable."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="--engine ray: a running Ray cluster (host:6379 or ray://host:10001) "
+                 "\\[default: start a local one]."),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="--engine ray: encoder actors, one ONNX Runtime session each "
+                 "\\[default: the cluster's CPUs]."),
 ]
 FpsOpt = Annotated[
     float | None,
@@ -82,8 +105,13 @@ def encode(
     bundle: BundleOpt,
     features: FeaturesOpt,
     out: Annotated[
-        str, typer.Option("--out", help="Output .npz file, or a directory (embeddings.npz inside); atomic.")
+        str, typer.Option("--out", help="Output .npz file, or a directory (embeddings.npz inside); atomic. "
+                          "--engine ray: the shard folder.")
     ],
+    shards: ShardsArg = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
     fps: FpsOpt = None,
     batch_size: BatchOpt = 16,
     backend: BackendOpt = "auto",
@@ -98,12 +126,27 @@ def encode(
 
     Progress goes to stderr (on a terminal), then a summary line, or the summary as JSON on stdout.
 
+    --engine ray: each feature shard is encoded by one of --workers actors into its own file in the --out
+    folder, listed with its sha256 in manifest.json. Rerun the same command to resume: shards already
+    written (and intact) are skipped. `prvr index build|add --embeddings FOLDER` takes the folder.
+
     Exit codes: 0 done; 2 bad input (unknown feature format, NaN frames, wrong feature width, a file over
-    --max-frames / --max-bytes, an unwritable --out); 3 backend not installed (e.g. h5py for .h5); 5 bundle
-    missing or corrupt (checksum).
+    --max-frames / --max-bytes, an unwritable --out); 3 backend not installed (e.g. h5py for .h5, ray for
+    --engine ray); 5 bundle missing or corrupt (checksum); 6 --out holds another bundle's embeddings.
     """
+    sources = list(features) + list(shards or [])
+    if engine == "ray":
+        _encode_ray(bundle, sources, out, address, workers, fps, batch_size, backend, device, trusted_key,
+                    precision, as_json, max_frames, max_bytes)
+        return
     started = time.perf_counter()
     try:
+        if engine != "local":
+            raise InvalidInputError(f"--engine: expected local or ray, got {engine!r}")
+        if len(sources) != 1 or address is not None or workers is not None:
+            raise InvalidInputError("--engine local encodes one --features source into one file; several "
+                                    "shards, --address and --workers need --engine ray")
+        features = sources[0]
         check_out(out, dir_ok=True)  # before hours of encoding
         retriever = open_retriever(bundle, backend, device, trusted_key, precision)
         embeddings = encode_source(retriever, features, fps, batch_size, max_frames, max_bytes)
@@ -127,5 +170,32 @@ def encode(
         err.print(
             f"{summary['videos']} videos, {summary['clips']} clip vectors ({summary['dim']}-d) -> {path} "
             f"in {summary['seconds']:.1f} s",
+            highlight=False,
+        )
+
+
+def _encode_ray(bundle, sources, out, address, workers, fps, batch_size, backend, device, trusted_key,
+                precision, as_json, max_frames, max_bytes) -> None:
+    """`prvr encode --engine ray`: ``prvr_sdk.scale.ray_encode.encode_with_ray``, then the summary."""
+    from prvr_sdk.scale.ray_encode import encode_with_ray
+
+    try:
+        check_out(out, dir_ok=True)
+        summary = encode_with_ray(
+            bundle, sources, out, address=address, workers=workers, fps=fps, batch_size=batch_size,
+            backend=backend, device=device, precision=precision, trusted_keys=trusted_key,
+            max_frames=max_frames, max_bytes=max_bytes,
+        )
+    except PrvrError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(out_error(out, exc))
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        err.print(
+            f"{summary['shards']} shards ({summary['encoded']} encoded, {summary['skipped']} already done), "
+            f"{summary['videos']} videos, {summary['clips']} clip vectors ({summary['dim']}-d) -> "
+            f"{summary['out']} in {summary['seconds']:.1f} s",
             highlight=False,
         )

@@ -208,7 +208,11 @@ class VideoEmbeddings:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, max_bytes: int | None = None) -> VideoEmbeddings:
-        """Read what ``save`` wrote.
+        """Read what ``save`` wrote, or a folder of sharded embeddings (``prvr encode --engine ray``).
+
+        A folder with a sharded-embeddings ``manifest.json`` is verified and concatenated by
+        ``prvr_sdk.scale.shards.load_sharded`` (each shard's size and sha256 against the manifest, one bundle
+        hash, ``max_bytes`` per shard); any other folder means its ``embeddings.npz``.
 
         Every member's ``.npy`` header is checked before anything is inflated: known members must have
         their dtype kind and rank, and all members together may declare at most ``max_bytes`` (``None`` =
@@ -221,6 +225,10 @@ class VideoEmbeddings:
         """
         path = Path(path)
         if path.is_dir():
+            from prvr_sdk.scale.shards import MANIFEST, load_sharded
+
+            if (path / MANIFEST).is_file():
+                return load_sharded(path, max_bytes=max_bytes)
             path = path / DEFAULT_NAME
         if not path.is_file():
             raise InvalidInputError(f"{path}: embeddings file not found (write one with `prvr encode`)")
