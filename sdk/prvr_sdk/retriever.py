@@ -143,6 +143,7 @@ class Retriever:
         index: str | os.PathLike | None = None,
         verify: bool = True,
         trusted_keys: Iterable[Any] | None = None,
+        threads: int | None = None,
     ) -> Retriever:
         """Load a bundle written by ``prvr export``.
 
@@ -157,6 +158,8 @@ class Retriever:
                 sizes and ONNX headers (``prvr_sdk.bundle.load``).
             trusted_keys: Ed25519 public keys (paths, bytes or key objects); when given, the bundle must be
                 signed by one of them (``prvr_sdk.signing``). ``None``: signatures are not checked.
+            threads: ONNX Runtime intra-op threads per session (``None``: every core); processes that run
+                side by side on one machine (Ray actors, server workers) pass their share.
 
         Raises:
             BundleError / ChecksumError: missing, corrupt or newer-format bundle; no graphs of ``precision``;
@@ -167,6 +170,8 @@ class Retriever:
         """
         if precision not in PRECISIONS:
             raise InvalidInputError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InvalidInputError(f"threads: expected a positive integer or None, got {threads!r}")
         bundle = bundle_io.load(path, verify=verify, trusted_keys=trusted_keys)
         has_engine = _graph_file(bundle, "video_encoder", precision, "tensorrt") is not None
         choice = choose(backend, device, has_engine=has_engine)
@@ -186,16 +191,17 @@ class Retriever:
             names[role] = name
         # Each graph opens on first use (backends.lazy): a search never pays for the video encoder.
         def lazy(role: str) -> LazySession:
-            return LazySession(lambda: open_session(bundle.graph(names[role]), choice), role)
+            return LazySession(lambda: open_session(bundle.graph(names[role]), choice, threads=threads), role)
 
         video, text = lazy("video_encoder"), lazy("text_encoder")
         from prvr_sdk.text import TextFrontend
 
         # The front end's backbone is a plain ONNX graph (no TensorRT engine): ONNX Runtime, same device.
         ort_choice = Choice("onnxruntime", choice.device if choice.backend == "onnxruntime" else "cpu", "")
-        frontend = TextFrontend.from_bundle(
-            bundle, lambda p: LazySession(lambda: open_session(p, ort_choice), "text_frontend")
-        )
+        def lazy_frontend(path: Path) -> LazySession:
+            return LazySession(lambda: open_session(path, ort_choice, threads=threads), "text_frontend")
+
+        frontend = TextFrontend.from_bundle(bundle, lazy_frontend)
         retriever = cls(bundle, choice, precision, video, text, frontend)
         if index is not None:
             retriever.load_index(index)

@@ -62,3 +62,15 @@ def test_an_error_opening_surfaces_at_first_use_unchanged():
     with pytest.raises(OSError, match="graph unreadable"):
         lazy.run({})
     assert not lazy.opened
+
+
+def test_threads_per_session_give_the_same_embeddings_and_bad_counts_are_refused():
+    from prvr_sdk.errors import InvalidInputError
+
+    golden = np.load(GOLDEN / "mamfusion" / "golden.npz")
+    one = Retriever.from_bundle(GOLDEN / "mamfusion" / "bundle", device="cpu", threads=1)
+    emb = one.encode_video([golden["video_0"]], fps=1.0)
+    np.testing.assert_allclose(emb.video_emb[0], golden["video_emb"][0], atol=1e-5)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidInputError, match="threads"):
+            Retriever.from_bundle(GOLDEN / "mamfusion" / "bundle", device="cpu", threads=bad)

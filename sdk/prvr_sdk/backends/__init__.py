@@ -86,12 +86,16 @@ def choose(backend: str = "auto", device: str = "auto", has_engine: bool = False
     return Choice("onnxruntime", "cuda:0" if device == "cuda" else device, "requested")
 
 
-def open_session(path: str | os.PathLike, choice: Choice, strict: bool = False) -> Session:
+def open_session(
+    path: str | os.PathLike, choice: Choice, strict: bool = False, threads: int | None = None
+) -> Session:
     """Load one graph (``.onnx`` for onnxruntime, ``.plan`` for tensorrt) as the choice says.
 
     The session's ``device`` is where the graph really runs: if ONNX Runtime cannot load its CUDA
     provider it runs on the CPU, with a ``BackendFallbackWarning`` (``strict=True``: an error instead).
+    ``threads``: ONNX Runtime's intra-op threads (``None``: its default, every core); a process that runs
+    several sessions side by side (Ray actors, server workers) gives each its share.
     """
     if choice.backend == "tensorrt":
         return TensorRTSession(path, choice.device)
-    return OnnxRuntimeSession(path, choice.device, strict=strict)
+    return OnnxRuntimeSession(path, choice.device, threads=threads, strict=strict)

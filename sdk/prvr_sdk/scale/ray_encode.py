@@ -58,7 +58,8 @@ class ShardEncoder:
         self.error: tuple[str, str] | None = None  # a failed start is reported on the first shard
         try:
             self.retriever = Retriever.from_bundle(
-                bundle, backend=config["backend"], device=config["device"], precision=config["precision"]
+                bundle, backend=config["backend"], device=config["device"], precision=config["precision"],
+                threads=1,  # one CPU per actor (ActorPoolStrategy): sessions that take every core collide
             )
             got = EmbeddingSpace.of(self.retriever)
             if (got.bundle_manifest_sha256, got.bundle_sha256) != (
