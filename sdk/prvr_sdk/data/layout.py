@@ -230,8 +230,9 @@ def missing_feature_hint(dataset: str, name: str) -> str:
         return (
             "AMDNet's CLIP ViT-B/32 files (FeatureData/"
             f"{files.video_hdf5}, TextData/{files.sentence_feats}) are not part of the MS-SL feature "
-            "release; they come from the AMDNet authors' release of CLIP features (or name other files "
-            "with --config clip_feature_file=... / query_feature_file=...)"
+            "release; they come from the AMDNet authors (no public download is linked: ask them, or extract "
+            "CLIP ViT-B/32 features yourself, docs/datasets.md) -- or name other files with --config "
+            "clip_feature_file=... / query_feature_file=..."
         )
     if name in (files.vfeat, files.token_feats):
         return "part of the MS-SL feature release of this collection (the ms-sl README links it)"
