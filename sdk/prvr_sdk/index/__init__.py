@@ -7,7 +7,10 @@ Format: docs/architecture.md §4.
 * ``Index``       -- the protocol adapters implement (``base.py``); ``ScoringRule`` -- how a query and a
   video's vectors make a score;
 * input checks that make a segment (``ingest.py``), saving/loading/verifying versions (``persist.py``);
-* filters (``filters.py``), the lock and its errors (``locking.py``), the on-disk format (``store.py``).
+* filters (``filters.py``), the lock and its errors (``locking.py``), the on-disk format (``store.py``);
+* ``QdrantEdgeIndex`` / ``QdrantRemoteIndex`` -- the same protocol on Qdrant, embedded or a server
+  (``qdrant/``), exported lazily: the package loads on first use of a name, a Qdrant library only when
+  an index is created or opened.
 
 numpy only: nothing here imports torch.
 """
@@ -33,3 +36,13 @@ __all__ = [
     "check_vectors",
     "compile_filter",
 ]
+
+_QDRANT_NAMES = ("QdrantEdgeIndex", "QdrantIndex", "QdrantRemoteIndex")
+
+
+def __getattr__(name: str):
+    if name in _QDRANT_NAMES:
+        from prvr_sdk.index import qdrant
+
+        return getattr(qdrant, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
