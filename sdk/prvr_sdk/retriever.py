@@ -199,7 +199,12 @@ class Retriever:
         # The front end's backbone is a plain ONNX graph (no TensorRT engine): ONNX Runtime, same device.
         ort_choice = Choice("onnxruntime", choice.device if choice.backend == "onnxruntime" else "cpu", "")
         def lazy_frontend(path: Path) -> LazySession:
-            return LazySession(lambda: open_session(path, ort_choice, threads=threads), "text_frontend")
+            def opener() -> Session:
+                graph = bundle.graph(path.relative_to(bundle.path).as_posix())  # external data confined
+                # No weight repacking: ~50 ms less per start, no measurable cost per sentence.
+                return open_session(graph, ort_choice, threads=threads, prepack=False)
+
+            return LazySession(opener, "text_frontend")
 
         frontend = TextFrontend.from_bundle(bundle, lazy_frontend)
         retriever = cls(bundle, choice, precision, video, text, frontend)

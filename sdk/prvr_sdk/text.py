@@ -94,7 +94,7 @@ class TextFrontend:
         if not spec:
             return None
         tokenizer = load_tokenizer(bundle.file(spec["tokenizer"]), int(spec["max_length"]))
-        return cls(tokenizer, open_session(bundle.graph(spec["model"])), spec)
+        return cls(tokenizer, open_session(bundle.file(spec["model"])), spec)
 
     def __repr__(self) -> str:
         return f"TextFrontend(kind={self.kind!r}, output={self.output!r}, max_length={self.max_length})"

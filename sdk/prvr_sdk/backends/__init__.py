@@ -87,15 +87,20 @@ def choose(backend: str = "auto", device: str = "auto", has_engine: bool = False
 
 
 def open_session(
-    path: str | os.PathLike, choice: Choice, strict: bool = False, threads: int | None = None
+    path: str | os.PathLike,
+    choice: Choice,
+    strict: bool = False,
+    threads: int | None = None,
+    prepack: bool = True,
 ) -> Session:
     """Load one graph (``.onnx`` for onnxruntime, ``.plan`` for tensorrt) as the choice says.
 
     The session's ``device`` is where the graph really runs: if ONNX Runtime cannot load its CUDA
     provider it runs on the CPU, with a ``BackendFallbackWarning`` (``strict=True``: an error instead).
     ``threads``: ONNX Runtime's intra-op threads (``None``: its default, every core); a process that runs
-    several sessions side by side (Ray actors, server workers) gives each its share.
+    several sessions side by side (Ray actors, server workers) gives each its share. ``prepack``: see
+    ``OnnxRuntimeSession`` (TensorRT ignores it).
     """
     if choice.backend == "tensorrt":
         return TensorRTSession(path, choice.device)
-    return OnnxRuntimeSession(path, choice.device, threads=threads, strict=strict)
+    return OnnxRuntimeSession(path, choice.device, threads=threads, strict=strict, prepack=prepack)

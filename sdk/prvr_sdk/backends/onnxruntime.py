@@ -106,12 +106,14 @@ def _register_scan(options, device: str) -> str:
     return SCAN_NATIVE
 
 
-def _session_options(ort, threads: int | None):
+def _session_options(ort, threads: int | None, prepack: bool = True):
     """Fresh options each time: a custom-op library registered on them cannot be taken back."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers etc. are noise to users
     if threads is not None:
         options.intra_op_num_threads = int(threads)
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
 
@@ -123,6 +125,9 @@ class OnnxRuntimeSession:
         device: ``"cpu"`` or ``"cuda:N"``; CUDA needs onnxruntime-gpu (extra ``gpu``).
         threads: intra-op threads (default: ONNX Runtime's choice, all cores).
         strict: raise instead of warning when ONNX Runtime falls back from CUDA to the CPU.
+        prepack: let ONNX Runtime repack weight matrices for its GEMM at load. ``False`` for the text front
+            end: repacking MiniLM's 90 MB costs ~50 ms per start and bought no measurable speed on a batch
+            of 64 sentences (bench/RESULTS.md, "prvr search cold start").
 
     Attributes:
         device: the device that runs the graph (``"cpu"`` after a fallback), ``requested_device`` the one
@@ -141,7 +146,12 @@ class OnnxRuntimeSession:
     backend = "onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None, strict: bool = False
+        self,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        threads: int | None = None,
+        strict: bool = False,
+        prepack: bool = True,
     ) -> None:
         ort = _ort()
         if device == "cpu":
@@ -154,7 +164,7 @@ class OnnxRuntimeSession:
                 )
             cuda = (CUDA_PROVIDER, {"device_id": _device_index(device)})
             providers = [cuda, "CPUExecutionProvider"]
-        options = _session_options(ort, threads)
+        options = _session_options(ort, threads, prepack)
         self.scan: str | None = _register_scan(options, device) if ort_scan.graph_uses_scan(path) else None
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
@@ -163,7 +173,7 @@ class OnnxRuntimeSession:
                 raise
             # The kernel's schema is float32-only: ORT rejects e.g. a float16 graph's scan nodes at load.
             # Without the library the body serves (and a graph that is bad anyway raises here as before).
-            options = _session_options(ort, threads)
+            options = _session_options(ort, threads, prepack)
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
             self.scan = SCAN_PORTABLE
             why = " ".join(str(exc).split())[:200]
