@@ -1,12 +1,14 @@
-"""Helpers the runtime commands share: error exit, metadata files, opening a Retriever, atomic text output."""
+"""Helpers the runtime commands share: error exit, metadata files, opening a Retriever, atomic text output,
+and the index engines (``--engine exact|qdrant-edge|qdrant``: where an index lives, opening, creating)."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -117,18 +119,13 @@ def open_retriever(
 
 
 def recorded_bundle(index: Path) -> Path:
-    """The bundle path an index recorded at build time (``--bundle`` overrides it)."""
+    """The bundle path an exact index recorded at build time (``--bundle`` overrides it)."""
     from prvr_sdk.index import ExactIndex
 
     loaded = ExactIndex.load(index)
     recorded = loaded.bundle_path
     loaded.close()
-    if not recorded:
-        raise InvalidInputError(f"index {index} records no bundle path; pass --bundle")
-    if not Path(recorded).is_dir():
-        raise InvalidInputError(f"index {index} was built with bundle {recorded}, which no longer exists; "
-                                "pass --bundle")
-    return Path(recorded)
+    return _recorded(recorded, str(index))
 
 
 def check_out(path: Path | str, flag: str = "--out", dir_ok: bool = False) -> None:
@@ -169,3 +166,164 @@ def write_lines_atomic(path: Path, lines: Iterable[str], flag: str = "--out") ->
         atomic_write(path, write)
     except OSError as exc:
         raise out_error(path, exc, flag) from None
+
+
+# ---------------------------------------------------------------------- index engines (--engine)
+
+ENGINES = ("exact", "qdrant-edge", "qdrant")
+EngineOpt = Annotated[
+    str,
+    typer.Option("--engine", help="exact: prvr's on-disk exact index in a folder. qdrant-edge: Qdrant "
+                 "embedded in this process, in a folder. qdrant: a collection on a Qdrant server or "
+                 "cluster (--url, --collection; API key from $QDRANT_API_KEY). Both qdrant engines need "
+                 "pip install 'prvr-sdk\\[qdrant]'."),
+]
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="--engine qdrant: the server, http(s)://host:6333; or local:PATH "
+                 "(qdrant-client's local mode on a folder, no server, one process at a time: for tests)."),
+]
+CollectionOpt = Annotated[
+    str | None,
+    typer.Option("--collection", help="--engine qdrant: the collection \\[default: prvr-<model>-<first 12 "
+                 "hex of the bundle's embedding space>, when the bundle is known]."),
+]
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """Where an index lives, per engine: a folder (``exact``, ``qdrant-edge``) or a server's collection."""
+
+    engine: str
+    path: Path | None = None
+    url: str | None = None
+    collection: str | None = None
+
+    def __str__(self) -> str:
+        if self.engine == "qdrant":
+            return f"collection {self.collection!r} at {self.url}"
+        return str(self.path)
+
+    @property
+    def qdrant(self) -> bool:
+        return self.engine != "exact"
+
+
+def index_target(
+    engine: str, path: Path | None, url: str | None, collection: str | None, path_flag: str = "--index"
+) -> IndexTarget:
+    """Check that the flags fit the engine (a folder for ``exact``/``qdrant-edge``, ``--url`` for
+    ``qdrant``), and that the engine's library is installed -- before any work.
+
+    Raises:
+        InvalidInputError: an unknown engine, or flags of another engine. BackendUnavailableError: the
+            ``qdrant`` extra is missing (names ``pip install "prvr-sdk[qdrant]"``).
+    """
+    if engine not in ENGINES:
+        raise InvalidInputError(f"--engine: expected one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "qdrant":
+        if url is None:
+            raise InvalidInputError("--engine qdrant: pass --url http(s)://host:6333 (or local:PATH)")
+        if path is not None:
+            raise InvalidInputError(f"--engine qdrant keeps the index in a collection (--url, --collection); "
+                                    f"{path_flag} is for --engine exact or qdrant-edge")
+        from prvr_sdk.index.qdrant import require_engine
+
+        require_engine(engine)
+        return IndexTarget(engine, url=url, collection=collection)
+    if url is not None or collection is not None:
+        raise InvalidInputError(f"--url and --collection are for --engine qdrant (this is --engine {engine})")
+    if path is None:
+        raise InvalidInputError(f"--engine {engine}: pass {path_flag} DIR")
+    if engine == "qdrant-edge":
+        from prvr_sdk.index.qdrant import require_engine
+
+        require_engine(engine)
+    return IndexTarget(engine, path=path)
+
+
+def default_collection(retriever) -> str:
+    """``prvr-<model>-<12 hex of the embedding space>``: one collection per model and embedding space, so
+    two bundles never share one by default."""
+    return f"prvr-{retriever.model_name}-{retriever.bundle_sha256[:12]}"
+
+
+_NO_COLLECTION = ("--engine qdrant: pass --collection NAME (or --bundle, whose default collection is "
+                  "prvr-<model>-<embedding space>)")
+
+
+def open_index(target: IndexTarget):
+    """Open an existing index of any engine (no bundle check: ``Retriever.load_index`` does that).
+
+    Raises:
+        IndexFormatError: not an index (exit 5). IndexLockedError: a qdrant-edge folder open elsewhere (7).
+        InvalidInputError: ``--engine qdrant`` without a collection name.
+    """
+    if target.engine == "exact":
+        from prvr_sdk.index import ExactIndex
+
+        return ExactIndex.load(target.path)
+    if target.engine == "qdrant-edge":
+        from prvr_sdk.index.qdrant import QdrantEdgeIndex
+
+        return QdrantEdgeIndex.load(target.path)
+    if target.collection is None:
+        raise InvalidInputError(_NO_COLLECTION)
+    from prvr_sdk.index.qdrant import QdrantRemoteIndex
+
+    return QdrantRemoteIndex.load(target.url, collection=target.collection)
+
+
+def _recorded(bundle_path: str | None, where: str) -> Path:
+    if not bundle_path:
+        raise InvalidInputError(f"index {where} records no bundle path; pass --bundle")
+    if not Path(bundle_path).is_dir():
+        raise InvalidInputError(f"index {where} was built with bundle {bundle_path}, which no longer exists; "
+                                "pass --bundle")
+    return Path(bundle_path)
+
+
+def attach_index(target: IndexTarget, bundle: Path | None, backend: str, device: str,
+                 trusted_keys: list[Path] | None, precision: str):
+    """The Retriever (``bundle``, else the one the index records) with the index at ``target`` attached
+    and checked against it (``IndexMismatchError``, exit 6, for another bundle). A qdrant index is opened
+    once and handed over as an object; the caller closes ``retriever.index``."""
+    if target.engine == "exact":
+        retriever = open_retriever(bundle or recorded_bundle(target.path), backend, device, trusted_keys,
+                                   precision)
+        retriever.load_index(target.path)
+        return retriever
+    retriever = None
+    if target.engine == "qdrant" and target.collection is None:
+        if bundle is None:
+            raise InvalidInputError(_NO_COLLECTION)
+        retriever = open_retriever(bundle, backend, device, trusted_keys, precision)
+        target = replace(target, collection=default_collection(retriever))
+    index = open_index(target)
+    try:
+        if retriever is None:
+            retriever = open_retriever(bundle or _recorded(index.bundle_path, str(target)), backend, device,
+                                       trusted_keys, precision)
+        retriever.load_index(index)
+    except BaseException:
+        index.close()
+        raise
+    return retriever
+
+
+def create_index(target: IndexTarget, retriever, path: Path | None = None):
+    """A new, empty qdrant index bound to ``retriever``'s bundle, at ``path`` (qdrant-edge: a staging
+    folder) or ``target``'s collection."""
+    bound = {
+        "bundle_sha256": retriever.bundle_sha256,
+        "model": retriever.model_name,
+        "bundle_path": str(Path(retriever.bundle.path).resolve()),
+    }
+    if target.engine == "qdrant-edge":
+        from prvr_sdk.index.qdrant import QdrantEdgeIndex
+
+        return QdrantEdgeIndex(path or target.path, retriever.dim, retriever.scoring, **bound)
+    from prvr_sdk.index.qdrant import QdrantRemoteIndex
+
+    return QdrantRemoteIndex(retriever.dim, retriever.scoring, **bound, url=target.url,
+                             collection=target.collection)

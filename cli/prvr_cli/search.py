@@ -17,12 +17,15 @@ from rich.console import Console
 from rich.table import Table
 
 from prvr_cli.common import (
+    CollectionOpt,
+    EngineOpt,
+    UrlOpt,
+    attach_index,
     check_out,
     err,
     fail,
-    open_retriever,
+    index_target,
     read_text_file,
-    recorded_bundle,
     write_lines_atomic,
 )
 from prvr_cli.encode import BackendOpt, DeviceOpt, PrecisionOpt, TrustedKeyOpt
@@ -78,9 +81,11 @@ def _parse_filter(text: str | None) -> dict[str, Any] | None:
 
 def search(
     query: Annotated[str | None, typer.Argument(help="The sentence to search for.")] = None,
-    index: Annotated[Path, typer.Option("--index", help="Index directory (prvr index build).")] = Path(
-        "index"
-    ),
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", "--path", help="Index directory (prvr index build; --engine exact or "
+                     "qdrant-edge) \\[default: index]."),
+    ] = None,
     bundle: Annotated[
         Path | None, typer.Option("--bundle", help="Bundle \\[default: the one the index records].")
     ] = None,
@@ -99,6 +104,9 @@ def search(
                      "(one array per query) for bundles without a text front end."),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Batch mode: ranked JSONL file to write.")] = None,
+    engine: EngineOpt = "exact",
+    url: UrlOpt = None,
+    collection: CollectionOpt = None,
     backend: BackendOpt = "auto",
     device: DeviceOpt = "auto",
     trusted_key: TrustedKeyOpt = None,
@@ -111,9 +119,12 @@ def search(
     (one query per line) or --query-features FILE writes JSON lines {query_index, query, rank, hit...}
     to --out (atomic) or stdout.
 
+    --engine qdrant-edge (--index DIR) or qdrant (--url, --collection) searches a Qdrant index exactly:
+    the same hits as the exact index (string range filters such as {"$gt": "b"} are refused there).
+
     Exit codes: 0 ok; 2 bad input (bad --filter JSON, not exactly one query source, strings for a bundle
-    without a text front end, no bundle to use); 3 backend not installed; 5 bundle or index corrupt;
-    6 index built with another bundle.
+    without a text front end, no bundle to use); 3 backend (or the qdrant extra) not installed; 5 bundle
+    or index corrupt; 6 index built with another bundle; 7 a qdrant-edge folder open in another process.
     """
     try:
         given = [q for q in (query, queries, query_features) if q is not None]
@@ -124,22 +135,39 @@ def search(
         if out is not None:
             check_out(out)  # before loading anything
         where = _parse_filter(filter)
-        retriever = open_retriever(bundle or recorded_bundle(index), backend, device, trusted_key, precision)
-        retriever.load_index(index)
-        if query is not None:
-            texts, emb = [query], retriever.encode_text([query], show_progress=False)  # one query: no bar
-        elif queries is not None:
-            texts = _read_queries(queries)
-            emb = retriever.encode_text(texts, batch_size=64, show_progress=None)
-        else:
-            texts, features = _read_features(query_features)
-            emb = retriever.encode_text(features)
-        hits = []
-        for start in range(0, len(texts), BATCH):
-            hits.extend(retriever.search(emb[start : start + BATCH], top_k=top_k, filter=where,
-                                         group_by=group_by, min_score=min_score))
+        if index is None and engine != "qdrant":
+            index = Path("index")
+        target = index_target(engine, index, url, collection)
+        retriever = attach_index(target, bundle, backend, device, trusted_key, precision)
+        try:
+            texts, hits = _search(retriever, query, queries, query_features, top_k, where, group_by,
+                                  min_score)
+        finally:
+            retriever.index.close()
     except PrvrError as exc:
         fail(exc)
+    _print(texts, hits, query, as_json, out, top_k, target)
+
+
+def _search(retriever, query, queries, query_features, top_k, where, group_by, min_score):
+    """Encode the queries (one, a file of sentences, or backbone features) and search in batches."""
+    if query is not None:
+        texts, emb = [query], retriever.encode_text([query], show_progress=False)  # one query: no bar
+    elif queries is not None:
+        texts = _read_queries(queries)
+        emb = retriever.encode_text(texts, batch_size=64, show_progress=None)
+    else:
+        texts, features = _read_features(query_features)
+        emb = retriever.encode_text(features)
+    hits = []
+    for start in range(0, len(texts), BATCH):
+        hits.extend(retriever.search(emb[start : start + BATCH], top_k=top_k, filter=where,
+                                     group_by=group_by, min_score=min_score))
+    return texts, hits
+
+
+def _print(texts, hits, query, as_json, out, top_k, target) -> None:
+    """A table for one query; JSON lines for --json or a batch (to --out, atomically, or stdout)."""
     rows = [
         {"query_index": qi, "query": text, "rank": rank, **hit.to_dict()}
         for qi, (text, found) in enumerate(zip(texts, hits, strict=True))
@@ -165,7 +193,7 @@ def search(
         for line in _plain_table(cells):
             typer.echo(line)
         return
-    table = Table(title=f"{query!r}: top {top_k} in {index}", title_justify="left")
+    table = Table(title=f"{query!r}: top {top_k} in {target}", title_justify="left")
     for name, justify in zip(COLUMNS, JUSTIFY, strict=True):
         table.add_column(name, justify=justify)
     for row in cells:

@@ -12,7 +12,6 @@ bundle; every error it raises on purpose is a ``prvr_sdk.errors.PrvrError``.
 from __future__ import annotations
 
 from prvr_sdk._version import __version__
-
 from prvr_sdk.embeddings import VideoEmbeddings
 from prvr_sdk.hits import Hit
 from prvr_sdk.index import ExactIndex

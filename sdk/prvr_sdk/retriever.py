@@ -31,7 +31,7 @@ from prvr_sdk.embeddings import VideoEmbeddings
 from prvr_sdk.errors import BundleError, IndexMismatchError, InvalidInputError, ShapeMismatchError
 from prvr_sdk.features import anchor_spans, uniform_clip_spans, validate_frames
 from prvr_sdk.hits import Hit
-from prvr_sdk.index import ExactIndex, ScoringRule
+from prvr_sdk.index import ExactIndex, Index, ScoringRule
 from prvr_sdk.inputs import TextSpec, VideoSpec, pad_queries, pad_videos, prepare_query, prepare_video
 from prvr_sdk.progress import progress
 from prvr_sdk.serving import ServingSpec
@@ -98,7 +98,8 @@ class Retriever:
         dim: embedding size ``D``.
         spec: the model's ``ServingSpec`` (graphs, outputs, what a clip means in time, headline metrics).
         scoring: the model's ``ScoringRule`` (how a query and a video's vectors make a score).
-        index: the attached index (``add``, ``load_index``), or ``None``.
+        index: the attached index (``add``, ``load_index``): an ``ExactIndex`` or any other ``Index`` (e.g.
+            ``prvr_sdk.index.qdrant.QdrantEdgeIndex``), or ``None``.
         fps: frame features per second assumed when ``encode_video`` gets neither ``fps`` nor timestamps
             (from the bundle; ``None`` when the bundle does not know, and clip times are then unknown).
     """
@@ -128,7 +129,7 @@ class Retriever:
             raise BundleError(f"bundle {bundle.path}: manifest 'serving' scoring: {exc}") from None
         self.video_outputs: tuple[str, ...] = self.spec.video.outputs
         self.fps: float | None = m["video_input"].get("fps")
-        self.index: ExactIndex | None = None
+        self.index: Index | None = None
         self._warned_fps = False
         self.dim: int = int(self.spec.dim)  # type: ignore[arg-type]  # from_manifest requires it
 
@@ -140,7 +141,7 @@ class Retriever:
         backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto",
         device: str = "auto",
         precision: Literal["fp32", "fp16", "int8"] = "fp32",
-        index: str | os.PathLike | None = None,
+        index: str | os.PathLike | Index | None = None,
         verify: bool = True,
         trusted_keys: Iterable[Any] | None = None,
         threads: int | None = None,
@@ -153,7 +154,8 @@ class Retriever:
                 ONNX Runtime (CUDA when onnxruntime-gpu sees a GPU, else CPU); or force one.
             device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
             precision: which graphs to run; ``"fp16"``/``"int8"`` need such graphs in the bundle.
-            index: an index directory to attach (must have been built with this bundle).
+            index: an exact-index directory, or an open ``Index`` (e.g. a ``QdrantEdgeIndex``), to attach;
+                either must have been built with this bundle (``load_index``).
             verify: check every bundle file's sha256 (reads every byte once); ``False`` still checks names,
                 sizes and ONNX headers (``prvr_sdk.bundle.load``).
             trusted_keys: Ed25519 public keys (paths, bytes or key objects); when given, the bundle must be
@@ -166,7 +168,8 @@ class Retriever:
                 unsigned or untrusted bundle when ``trusted_keys`` is given.
             BackendUnavailableError: the backend or device asked for is not available here.
             InvalidInputError: unknown backend, device or precision.
-            IndexMismatchError: ``index`` was built with another bundle.
+            IndexMismatchError: ``index`` was built with another bundle, or for another embedding size or
+                scoring rule.
         """
         if precision not in PRECISIONS:
             raise InvalidInputError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
@@ -592,14 +595,15 @@ class Retriever:
         *,
         upsert: bool = False,
     ) -> None:
-        """Add encoded videos to ``self.index`` (a new in-memory index when there is none).
+        """Add encoded videos to ``self.index`` (a new in-memory exact index when there is none; attach
+        another kind, e.g. a ``QdrantEdgeIndex``, with ``load_index`` first).
 
         Each video's metadata gets ``"duration"`` (seconds) unless given; hits return it and filters can
         use it. Call ``self.index.save(path)`` to write the index (atomically).
 
         Raises:
             IndexMismatchError: ``videos`` were encoded by another bundle.
-            InvalidInputError / ShapeMismatchError: from ``ExactIndex.add`` (duplicate ids, ...).
+            InvalidInputError / ShapeMismatchError: from the index's ``add`` (duplicate ids, ...).
         """
         self._check_same_bundle(videos)
         if metadata is not None and len(metadata) != len(videos):
@@ -618,7 +622,10 @@ class Retriever:
                 spans.append(None if clip_spans is None or np.isnan(clip_spans).any() else clip_spans)
         if self.index is None:
             self.index = self.new_index()
-        (self.index.upsert if upsert else self.index.add)(
+        write = getattr(self.index, "upsert", None) if upsert else self.index.add
+        if write is None:
+            raise InvalidInputError(f"add(upsert=True): {type(self.index).__name__} has no upsert")
+        write(
             list(videos.ids),
             clip_embs=clip_embs,
             video_embs=videos.video_emb if self.scoring.uses_video_emb else None,
@@ -633,14 +640,52 @@ class Retriever:
                 f"{self.bundle_sha256[:12]}…; encode them again with this bundle"
             )
 
-    def load_index(self, path: str | os.PathLike, **kwargs: Any) -> ExactIndex:
-        """Open an index built with this bundle and attach it (``ExactIndex.load`` keywords pass through).
+    def load_index(self, path: str | os.PathLike | Index, **kwargs: Any) -> Index:
+        """Attach an index built with this bundle: open the exact index in directory ``path``
+        (``ExactIndex.load`` keywords pass through), or take an already open ``Index`` -- a
+        ``QdrantEdgeIndex``, ``QdrantRemoteIndex`` or ``ExactIndex`` -- after checking it against the bundle.
 
         Raises:
-            IndexMismatchError: built with another bundle. IndexFormatError: not an index / corrupt.
+            IndexMismatchError: built with another bundle, or for another embedding size or scoring rule.
+            IndexFormatError: not an index / corrupt. InvalidInputError: neither a path nor an ``Index``,
+                or keywords given with an open index.
         """
-        self.index = ExactIndex.load(path, bundle_sha256=self.bundle_sha256, dim=self.dim, **kwargs)
+        if isinstance(path, str | os.PathLike):
+            self.index = ExactIndex.load(path, bundle_sha256=self.bundle_sha256, dim=self.dim, **kwargs)
+            return self.index
+        if not isinstance(path, Index):
+            raise InvalidInputError(
+                f"load_index: expected an index directory or an open Index, got {type(path).__name__}"
+            )
+        if kwargs:
+            raise InvalidInputError(
+                f"load_index: keywords {sorted(kwargs)} are for opening a directory; this index is open"
+            )
+        self._check_index(path)
+        self.index = path
         return self.index
+
+    def _check_index(self, index: Index) -> None:
+        """What ``ExactIndex.load(bundle_sha256=, dim=)`` checks, for an index opened elsewhere -- plus the
+        scoring rule, which a loaded index reads from disk but an object could have been given any."""
+        place = getattr(index, "path", None) or getattr(index, "collection", None)
+        where = f"index {place}" if place else f"the given {type(index).__name__}"
+        recorded = getattr(index, "bundle_sha256", None)
+        if recorded != self.bundle_sha256:
+            recorded = recorded or "none (built without a bundle hash)"
+            raise IndexMismatchError(
+                f"{where} was built for bundle sha256 {recorded}, not the expected {self.bundle_sha256}; "
+                "rebuild the index with this bundle"
+            )
+        if index.dim != self.dim:
+            raise IndexMismatchError(
+                f"{where} stores {index.dim}-dimensional embeddings, expected {self.dim}"
+            )
+        if ScoringRule.parse(index.scoring) != self.scoring:
+            raise IndexMismatchError(
+                f"{where} scores by {ScoringRule.parse(index.scoring).to_dict()}, the bundle by "
+                f"{self.scoring.to_dict()}"
+            )
 
     def search(
         self,

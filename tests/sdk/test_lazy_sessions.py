@@ -1,6 +1,6 @@
 """Graphs open on first use: a sentence search never loads the video encoder, and results do not change.
 
-Oracle: the torch outputs stored with the golden bundles (``golden.npz``), the same as tests/sdk/test_golden.py.
+Oracle: the torch outputs stored with the golden bundles (``golden.npz``), as in tests/sdk/test_golden.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""External tensor data named inside a bundle graph: found wherever ONNX allows it, and confined to the bundle.
+"""External tensor data named inside a bundle graph: found wherever ONNX allows it, confined to the bundle.
 
 Oracle: the ``onnx`` package's own external-data bookkeeping (``onnx.external_data_helper``), which walks the
 model with the real protobuf classes; our walker must list the same locations without that package.
@@ -38,7 +38,8 @@ def _every_place(locations: dict[str, str]) -> onnx.ModelProto:
     const = _external(numpy_helper.from_array(W, "c"), locations["attribute"])
     sub_init = _external(numpy_helper.from_array(W, "s"), locations["subgraph"])
     values = _external(numpy_helper.from_array(np.ones(2, np.float32), "v"), locations["sparse"])
-    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0, 5], np.int64), "i"), [3, 4])
+    indices = numpy_helper.from_array(np.array([0, 5], np.int64), "i")
+    sparse = helper.make_sparse_tensor(values, indices, [3, 4])
     then = helper.make_graph([helper.make_node("Identity", ["s"], ["o1"])], "then", [],
                              [helper.make_tensor_value_info("o1", TensorProto.FLOAT, [3, 4])], [sub_init])
     other = helper.make_graph([helper.make_node("Identity", ["w"], ["o2"])], "else", [],

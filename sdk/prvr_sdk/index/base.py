@@ -161,10 +161,10 @@ def check_vectors(
 
 @runtime_checkable
 class Index(Protocol):
-    """The operations every index offers: the exact index today, engine adapters later.
+    """The operations every index offers: ``ExactIndex`` and the Qdrant adapters (``prvr_sdk.index.qdrant``).
 
     Semantics every implementation keeps: ids are unique strings (adding a live id is an error; ``upsert``
-    replaces); ``remove`` ignores unknown ids and returns how many it removed; ``search`` takes one query
+    adds or replaces); ``remove`` ignores unknown ids and returns how many it removed; ``search`` takes one query
     ``[D]`` (returns ``list[Hit]``) or a batch ``[Nq, D]`` (returns one list per query), best first, with
     ``filter`` applied before top-k; ``save`` is atomic; ``len(index)`` counts live videos.
     """
@@ -181,6 +181,15 @@ class Index(Protocol):
         metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> None: ...
 
+    def upsert(
+        self,
+        video_ids: Sequence[str],
+        clip_embs: Sequence[np.ndarray] | np.ndarray | None = None,
+        video_embs: np.ndarray | None = None,
+        spans: Sequence[np.ndarray | None] | None = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> None: ...
+
     def remove(self, video_ids: Sequence[str]) -> int: ...
 
     def search(
@@ -189,6 +198,7 @@ class Index(Protocol):
         top_k: int = 10,
         filter: Mapping[str, Any] | None = None,
         group_by: Literal["video", "clip"] = "video",
+        min_score: float | None = None,
     ) -> list[Hit] | list[list[Hit]]: ...
 
     def save(self, path: Any = None) -> Any: ...

@@ -16,4 +16,24 @@ from prvr_sdk.index.qdrant.core import DEFAULT_CANDIDATES, QdrantIndex
 from prvr_sdk.index.qdrant.edge import QdrantEdgeIndex
 from prvr_sdk.index.qdrant.remote import API_KEY_ENV, QdrantRemoteIndex
 
-__all__ = ["API_KEY_ENV", "DEFAULT_CANDIDATES", "QdrantEdgeIndex", "QdrantIndex", "QdrantRemoteIndex"]
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_CANDIDATES",
+    "QdrantEdgeIndex",
+    "QdrantIndex",
+    "QdrantRemoteIndex",
+    "require_engine",
+]
+
+
+def require_engine(engine: str) -> None:
+    """Import the library ``engine`` (``"qdrant-edge"`` or ``"qdrant"``) needs now, so that a command fails
+    before its long work rather than after.
+
+    Raises:
+        BackendUnavailableError: not installed (names ``pip install "prvr-sdk[qdrant]"``).
+    """
+    from prvr_sdk.index.qdrant.edge import _import_edge
+    from prvr_sdk.index.qdrant.remote import _import_client
+
+    (_import_edge if engine == "qdrant-edge" else _import_client)()

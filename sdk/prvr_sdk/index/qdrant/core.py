@@ -246,6 +246,9 @@ class QdrantIndex:
             "search": self.search_mode,
             "candidates": self.candidates,
             "hnsw_ef": self.hnsw_ef,
+            "format": self._meta.get("format"),
+            "format_version": self._meta.get("format_version"),
+            "created_by": self._meta.get("created_by"),
         }
 
     engine_name = "qdrant"

@@ -5,7 +5,8 @@ server shards, replicates and builds HNSW graphs. The index's record (format, di
 bundle hash) is the collection's own ``metadata`` under the key ``"prvr"``, so it travels with the
 collection (snapshots, other clients) and needs no reserved point.
 
-Connecting: ``url=`` (``http://host:6333``; ``":memory:"`` for qdrant-client's in-process local mode),
+Connecting: ``url=`` (``http://host:6333``; ``"local:PATH"`` or ``":memory:"`` for qdrant-client's
+in-process local mode on a folder or in memory: no server, one process at a time, for tests),
 the API key from ``api_key=`` or the environment variable ``QDRANT_API_KEY``; or a ready
 ``client=QdrantClient(...)`` (tests use the local mode, which runs this same code path without a server).
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 from prvr_sdk.errors import (
     BackendUnavailableError,
     IndexConflictError,
     IndexFormatError,
+    IndexLockedError,
     InvalidInputError,
     PrvrError,
 )
@@ -27,9 +30,10 @@ from prvr_sdk.index.base import ScoringRule
 from prvr_sdk.index.qdrant.core import Engine, QdrantIndex, Request, check_meta, new_meta
 from prvr_sdk.index.qdrant.translate import CLIPS, VIDEO
 
-__all__ = ["API_KEY_ENV", "DEFAULT_COLLECTION", "QdrantRemoteIndex"]
+__all__ = ["API_KEY_ENV", "DEFAULT_COLLECTION", "LOCAL_PREFIX", "QdrantRemoteIndex"]
 
 API_KEY_ENV = "QDRANT_API_KEY"
+LOCAL_PREFIX = "local:"  # url="local:PATH": qdrant-client's local mode on a folder (no server; tests)
 DEFAULT_COLLECTION = "prvr"
 _META_KEY = "prvr"
 
@@ -51,6 +55,19 @@ def _connect(url: str | None, api_key: str | None, client: Any):
     qdrant_client, _ = _import_client()
     if url == ":memory:":
         return qdrant_client.QdrantClient(location=":memory:"), True
+    if url.startswith(LOCAL_PREFIX):
+        folder = url[len(LOCAL_PREFIX):]
+        if not folder:
+            raise InvalidInputError(f"Qdrant url {url!r}: expected {LOCAL_PREFIX}PATH (a folder)")
+        try:
+            return qdrant_client.QdrantClient(path=folder), True
+        except RuntimeError as exc:  # "already accessed by another instance of Qdrant client"
+            raise IndexLockedError(f"Qdrant local storage {folder} is in use ({exc})", Path(folder)) from None
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInputError(
+            f"Qdrant url {url!r}: expected http(s)://host:port, {LOCAL_PREFIX}PATH (qdrant-client's local "
+            "mode, one process, for tests) or ':memory:'"
+        )
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     return qdrant_client.QdrantClient(url=url, api_key=key), True
 
@@ -141,8 +158,8 @@ class QdrantRemoteIndex(QdrantIndex):
 
     Args:
         dim, scoring, bundle_sha256, model, bundle_path: as ``ExactIndex``.
-        url: the server (``http://host:6333``), or ``":memory:"``; the API key comes from ``api_key`` or
-            ``$QDRANT_API_KEY``.
+        url: the server (``http://host:6333``), ``"local:PATH"`` (local mode on a folder) or
+            ``":memory:"``; the API key comes from ``api_key`` or ``$QDRANT_API_KEY``.
         collection: the collection's name (default ``"prvr"``); it must not exist yet.
         client: a ``qdrant_client.QdrantClient`` to use instead of ``url`` (not closed by ``close``).
         search, candidates, hnsw_ef: as ``QdrantEdgeIndex``.
@@ -238,6 +255,56 @@ class QdrantRemoteIndex(QdrantIndex):
             raise
         self._setup(_ClientEngine(client, models, collection, owned), meta, search, candidates, hnsw_ef)
         return self
+
+    @classmethod
+    def status(
+        cls, url: str | None = None, *, collection: str = DEFAULT_COLLECTION, api_key: str | None = None,
+        client: Any = None,
+    ) -> Literal["absent", "prvr", "other"]:
+        """Whether ``collection`` is absent, holds a prvr index (its record says so), or holds anything else
+        (no record, or a malformed one): what ``prvr index build --overwrite`` asks before replacing it.
+
+        Raises:
+            PrvrError: the server cannot be reached.
+        """
+        _import_client()
+        client, owned = _connect(url, api_key, client)
+        where = f"collection {collection!r}" + (f" at {url}" if url else "")
+        try:
+            _read_meta(client, collection, where)
+            return "prvr"
+        except IndexFormatError:
+            return "other" if client.collection_exists(collection) else "absent"
+        finally:
+            if owned:
+                client.close()
+
+    @classmethod
+    def drop(
+        cls, url: str | None = None, *, collection: str = DEFAULT_COLLECTION, api_key: str | None = None,
+        client: Any = None,
+    ) -> bool:
+        """Delete ``collection`` if it holds a prvr index; ``False`` when there is no such collection.
+
+        Raises:
+            IndexFormatError: the collection exists but is not a prvr index (left alone).
+            PrvrError: the server cannot be reached.
+        """
+        _import_client()
+        client, owned = _connect(url, api_key, client)
+        where = f"collection {collection!r}" + (f" at {url}" if url else "")
+        try:
+            try:
+                _read_meta(client, collection, where)
+            except IndexFormatError as exc:
+                if not client.collection_exists(collection):
+                    return False
+                raise IndexFormatError(f"{exc}; not deleting it") from None
+            client.delete_collection(collection)
+            return True
+        finally:
+            if owned:
+                client.close()
 
     @property
     def collection(self) -> str:
