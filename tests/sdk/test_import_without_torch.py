@@ -13,6 +13,9 @@ _CHECK_MODULES = """
 import sys
 import prvr_sdk
 import prvr_sdk.errors
+# The runtime a deployment imports stays free of the CLI's libraries (and of importlib.metadata's cost).
+cli_libs = sorted(m for m in ("rich", "typer", "pydantic", "importlib.metadata") if m in sys.modules)
+assert not cli_libs, f"import prvr_sdk loaded {cli_libs}"
 import prvr_cli.app
 loaded = sorted(m for m in ("torch", "prvr_export", "onnxruntime") if m in sys.modules)
 assert not loaded, f"imported at module import time: {loaded}"
