@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import platform
 import random
 import statistics
@@ -78,13 +79,19 @@ def torch_text(model, queries: list[np.ndarray], spec) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=256)
+    parser.add_argument("--batch-videos", type=int, default=BATCH_VIDEOS,
+                        help="videos per encode_video batch, on both sides (the issue's targets: 1 and 16)")
+    parser.add_argument("--no-frontend", action="store_true", help="skip the MiniLM strings row")
     parser.add_argument("--queries", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args()
+    global BATCH_VIDEOS
+    BATCH_VIDEOS = args.batch_videos
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
-    print(f"# bench/retriever.py --videos {args.videos} --queries {args.queries} --repeats {args.repeats}")
+    print(f"# bench/retriever.py --videos {args.videos} --queries {args.queries} --repeats {args.repeats} "
+          f"--batch-videos {BATCH_VIDEOS}  (load {os.getloadavg()[0]:.2f})")
     threads = torch.get_num_threads()
     print(f"#   python {platform.python_version()}, torch {torch.__version__}, torch threads {threads}")
     rng = np.random.default_rng(0)
@@ -94,7 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows.extend(model_rows(name, Path(tmp), args, rng))
-        rows.append(frontend_row(Path(tmp), args.queries, args.repeats))
+        if not args.no_frontend:
+            rows.append(frontend_row(Path(tmp), args.queries, args.repeats))
     print("\n".join(rows))
 
 
