@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 _SORT_WINDOW = 8  # batches' worth of videos sorted by length before batching (bounded memory)
+_MAX_CALL_ROWS = 4096  # padded token rows per video-encoder call (see Retriever._encode_window)
 
 
 def _graph_file(
@@ -293,7 +294,8 @@ class Retriever:
             fps: frame features per second, for clip time spans (default ``self.fps``).
             timestamps: per video ``[T]`` start second of each frame (one array, a list, or a mapping by
                 id), instead of ``fps`` (``fps`` given too is ignored, with a warning).
-            batch_size: videos per encoder call.
+            batch_size: videos per encoder call, at most (a call also holds at most 4096 padded token rows,
+                e.g. 6 MUSE videos of 12 frames x 50 tokens: more only costs memory and cache).
             show_progress: progress bar on stderr (``None``: when stderr is a terminal).
 
         Returns:
@@ -335,13 +337,23 @@ class Retriever:
 
     def _encode_window(self, pending, batch_size: int, fps: float | None, advance) -> VideoEmbeddings:
         """Encode up to ``_SORT_WINDOW`` batches with videos of similar length batched together (a batch
-        costs as much as its longest video: the Mamba scan runs over the padded length), in input order."""
+        costs as much as its longest video: the Mamba scan runs over the padded length), in input order.
+
+        A call also holds at most ``_MAX_CALL_ROWS`` padded token rows: past that, batching only moves the
+        activations out of cache (MUSE at 600 tokens per video: 16 videos per call cost more per video than
+        one, bench/RESULTS.md), and memory stays bounded whatever ``batch_size`` asks for."""
         order = sorted(range(len(pending)), key=lambda i: -len(pending[i][1]))
+        spec = self.video_spec
         parts = []
-        for start in range(0, len(order), batch_size):
-            chunk = [pending[i] for i in order[start : start + batch_size]]
+        start = 0
+        while start < len(order):
+            longest = min(len(pending[order[start]][1]), spec.max_frames)  # sorted: the first is longest
+            rows = longest * (spec.patches or 1) + spec.num_clips
+            take = max(1, min(batch_size, _MAX_CALL_ROWS // rows))
+            chunk = [pending[i] for i in order[start : start + take]]
             parts.append(self._encode_video_batch(chunk, fps))
             advance(len(chunk))
+            start += take
         return VideoEmbeddings.concat(parts).select([vid for vid, _, _ in pending])
 
     def _video_items(self, videos: Any, video_ids: Sequence[str] | None) -> tuple[Iterator, int | None]:
