@@ -77,6 +77,7 @@ def torch_text(model, queries: list[np.ndarray], spec) -> np.ndarray:
 
 
 def main() -> None:
+    global BATCH_VIDEOS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=256)
     parser.add_argument("--batch-videos", type=int, default=BATCH_VIDEOS,
@@ -86,7 +87,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     args = parser.parse_args()
-    global BATCH_VIDEOS
     BATCH_VIDEOS = args.batch_videos
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
