@@ -19,6 +19,8 @@ from prvr_sdk.errors import EXIT_CODES, ParityError
 runner = CliRunner()
 
 REPORT_KEYS = {
+    "index_kernel",
+    "scale_out",
     "prvr_sdk",
     "python",
     "platform",
@@ -231,3 +233,23 @@ def test_main_maps_prvr_errors_to_exit_codes(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(SystemExit) as info:
         app_module.main()
     assert info.value.code == 4
+
+
+def test_doctor_says_which_exact_search_path_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prvr_sdk.native import f16dot
+
+    result = runner.invoke(app, ["doctor", "--json"])
+    report = json.loads(result.stdout)
+    assert report["index_kernel"]["loaded"] == (f16dot.load() is not None)
+    monkeypatch.setenv("PRVR_NATIVE", "off")
+    report = json.loads(runner.invoke(app, ["doctor", "--json"]).stdout)
+    assert report["index_kernel"] == {"loaded": False, "reason": "disabled by PRVR_NATIVE=off"}
+    table = runner.invoke(app, ["doctor"]).stdout
+    assert "numpy decode + BLAS" in table and "PRVR_NATIVE=off" in table
+
+
+def test_doctor_lists_the_scale_out_extras(doctor_json: dict) -> None:
+    from importlib.metadata import version
+
+    assert doctor_json["scale_out"]["ray"] == version("ray")
+    assert doctor_json["scale_out"]["qdrant_edge"] == version("qdrant-edge-py")
