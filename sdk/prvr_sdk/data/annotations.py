@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from prvr_sdk.data.captions import Caption, read_captions, read_video2frames
-from prvr_sdk.data.layout import SPLITS, caption_path, collection_files
+from prvr_sdk.data.layout import FEATURE_FPS, SPLITS, caption_path, collection_files
 from prvr_sdk.errors import InvalidInputError
 from prvr_sdk.fsutil import atomic_write
 from prvr_sdk.limits import check_text_file
@@ -57,9 +57,9 @@ __all__ = [
 ]
 
 ANNOTATION_DATASETS = ("tvr", "activitynet", "charades")
-# Feature rows per second of a collection's MS-SL video features, where the release documents it (TVR:
-# one feature per 1.5 s clip). Others are estimated from video2frames.txt or taken from --fps.
-KNOWN_FPS: dict[str, float] = {"tvr": 1 / 1.5}
+# Feature rows per second where the release documents them (prvr_sdk.data.layout.FEATURE_FPS: TVR one per
+# 1.5 s clip); the others are estimated from video2frames.txt or taken from --fps.
+KNOWN_FPS: dict[str, float] = {d: FEATURE_FPS[d] for d in ANNOTATION_DATASETS if d in FEATURE_FPS}
 EXAMPLES = 10  # examples kept per report list
 FPS_TOLERANCE = 0.1  # relative disagreement between the used and the estimated rate that is reported
 

@@ -33,6 +33,7 @@ from prvr_sdk.errors import InvalidInputError
 
 __all__ = [
     "DATASETS",
+    "FEATURE_FPS",
     "SPLITS",
     "CollectionFiles",
     "FeatureNames",
@@ -60,6 +61,11 @@ class CollectionFiles:
 
 
 # fmt: off
+# Video feature rows per second of each collection, where the release documents it: TVR's I3D+ResNet
+# features are one per 1.5 s clip (TVRetrieval); the demo corpus is 1 fps. Others are not documented:
+# `prvr export --fps` / `prvr data annotations` (which estimates the rate from video2frames.txt) take it.
+FEATURE_FPS: dict[str, float] = {"demo": 1.0, "tvr": 1 / 1.5}
+
 DATASETS: dict[str, CollectionFiles] = {
     "tvr": CollectionFiles(
         vfeat="i3d_resnet",  # 3072-d: ResNet-152 2048 + I3D 1024
