@@ -7,6 +7,8 @@ writer bug.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,27 +21,20 @@ h5py = pytest.importorskip("h5py")
 DV, DQ, DCLIP = 6, 5, 4  # tiny widths: I3D-style video, RoBERTa-style tokens, CLIP-style vectors
 
 
-def write_bigfile(folder: Path, videos: dict[str, np.ndarray], dim: int) -> None:
-    """MS-SL BigFile: shape.txt "N D", id.txt space-separated ids, feature.bin float32 rows, video2frames."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ids, rows, video2frames = [], [], {}
-    for video_id, frames in videos.items():
-        names = [f"{video_id}_{t}" for t in range(len(frames))]
-        video2frames[video_id] = names
-        ids.extend(names)
-        rows.extend(frames)
-    data = np.asarray(rows, dtype=np.float32).reshape(len(ids), dim)
-    (folder / "feature.bin").write_bytes(data.astype("<f4").tobytes())
-    (folder / "id.txt").write_text(" ".join(ids))
-    (folder / "shape.txt").write_text(f"{len(ids)} {dim}")
-    (folder / "video2frames.txt").write_text(repr(video2frames))
+def _official_layout():
+    """tests/sdk/data/official_layout.py, which holds the BigFile and hdf5 writers (loaded by path: the tests
+    run with --import-mode=importlib)."""
+    name = "prvr_tests_official_layout"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "sdk" / "data" / "official_layout.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
-def write_h5(path: Path, entries: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        for key, value in entries.items():
-            f.create_dataset(key, data=value)
+write_bigfile = _official_layout().write_bigfile  # shape.txt, id.txt, feature.bin, video2frames.txt
+write_h5 = _official_layout().write_h5
 
 
 @dataclass

@@ -31,6 +31,7 @@ FPS = 2.0
 
 
 def write_bigfile(folder: Path, videos: dict[str, np.ndarray], dim: int) -> None:
+    """MS-SL BigFile: shape.txt "N D", id.txt space-separated ids, feature.bin float32 rows, video2frames."""
     folder.mkdir(parents=True, exist_ok=True)
     ids, rows, video2frames = [], [], {}
     for video_id, frames in videos.items():
