@@ -164,9 +164,9 @@ class Index(Protocol):
     """The operations every index offers: ``ExactIndex`` and the Qdrant adapters (``prvr_sdk.index.qdrant``).
 
     Semantics every implementation keeps: ids are unique strings (adding a live id is an error; ``upsert``
-    adds or replaces); ``remove`` ignores unknown ids and returns how many it removed; ``search`` takes one query
-    ``[D]`` (returns ``list[Hit]``) or a batch ``[Nq, D]`` (returns one list per query), best first, with
-    ``filter`` applied before top-k; ``save`` is atomic; ``len(index)`` counts live videos.
+    adds or replaces); ``remove`` ignores unknown ids and returns how many it removed; ``search`` takes one
+    query ``[D]`` (returns ``list[Hit]``) or a batch ``[Nq, D]`` (returns one list per query), best first,
+    with ``filter`` applied before top-k; ``save`` is atomic; ``len(index)`` counts live videos.
     """
 
     dim: int
