@@ -32,6 +32,7 @@ from prvr_sdk.errors import BundleError, IndexMismatchError, InvalidInputError, 
 from prvr_sdk.features import anchor_spans, uniform_clip_spans, validate_frames
 from prvr_sdk.hits import Hit
 from prvr_sdk.index import ExactIndex, Index, ScoringRule
+from prvr_sdk.index.base import check_binding
 from prvr_sdk.inputs import TextSpec, VideoSpec, pad_queries, pad_videos, prepare_query, prepare_video
 from prvr_sdk.progress import progress
 from prvr_sdk.serving import ServingSpec
@@ -634,10 +635,7 @@ class Retriever:
                 spans.append(None if clip_spans is None or np.isnan(clip_spans).any() else clip_spans)
         if self.index is None:
             self.index = self.new_index()
-        write = getattr(self.index, "upsert", None) if upsert else self.index.add
-        if write is None:
-            raise InvalidInputError(f"add(upsert=True): {type(self.index).__name__} has no upsert")
-        write(
+        (self.index.upsert if upsert else self.index.add)(  # both part of the Index protocol
             list(videos.ids),
             clip_embs=clip_embs,
             video_embs=videos.video_emb if self.scoring.uses_video_emb else None,
@@ -682,17 +680,7 @@ class Retriever:
         scoring rule, which a loaded index reads from disk but an object could have been given any."""
         place = getattr(index, "path", None) or getattr(index, "collection", None)
         where = f"index {place}" if place else f"the given {type(index).__name__}"
-        recorded = getattr(index, "bundle_sha256", None)
-        if recorded != self.bundle_sha256:
-            recorded = recorded or "none (built without a bundle hash)"
-            raise IndexMismatchError(
-                f"{where} was built for bundle sha256 {recorded}, not the expected {self.bundle_sha256}; "
-                "rebuild the index with this bundle"
-            )
-        if index.dim != self.dim:
-            raise IndexMismatchError(
-                f"{where} stores {index.dim}-dimensional embeddings, expected {self.dim}"
-            )
+        check_binding(index, where, bundle_sha256=self.bundle_sha256, dim=self.dim)
         if ScoringRule.parse(index.scoring) != self.scoring:
             raise IndexMismatchError(
                 f"{where} scores by {ScoringRule.parse(index.scoring).to_dict()}, the bundle by "

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from prvr_sdk.errors import InvalidInputError, ShapeMismatchError
+from prvr_sdk.errors import IndexMismatchError, InvalidInputError, ShapeMismatchError
 from prvr_sdk.hits import Hit
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "SCORING_KINDS",
     "Index",
     "ScoringRule",
+    "check_binding",
     "check_vectors",
 ]
 
@@ -157,6 +158,28 @@ def check_vectors(
             f"{norms[row]:.4g}; normalise first (prvr_sdk.features.l2_normalize)"
         )
     return out
+
+
+def check_binding(
+    index: Any, where: str, bundle_sha256: str | None = None, model: str | None = None, dim: int | None = None
+) -> None:
+    """Refuse an index built for another bundle, model or embedding size than the caller expects (``None``:
+    not checked). One rule and one wording for every engine and for ``Retriever.load_index``.
+
+    Raises:
+        IndexMismatchError: naming ``where`` and what differs.
+    """
+    recorded = getattr(index, "bundle_sha256", None)  # an Index from elsewhere may not record one
+    if bundle_sha256 is not None and bundle_sha256 != recorded:
+        recorded = recorded or "none (built without a bundle hash)"
+        raise IndexMismatchError(
+            f"{where} was built for bundle sha256 {recorded}, not the expected {bundle_sha256}; "
+            "rebuild the index with this bundle"
+        )
+    if model is not None and model != index.model:
+        raise IndexMismatchError(f"{where} was built for model {index.model!r}, not the expected {model!r}")
+    if dim is not None and dim != index.dim:
+        raise IndexMismatchError(f"{where} stores {index.dim}-dimensional embeddings, expected {dim}")
 
 
 @runtime_checkable

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from prvr_sdk import __version__
-from prvr_sdk.errors import IndexMismatchError, InvalidInputError
+from prvr_sdk.errors import InvalidInputError
 from prvr_sdk.index import store
+from prvr_sdk.index.base import check_binding
 from prvr_sdk.index.blocks import WRITE_CHUNK, clip_rows
 from prvr_sdk.index.locking import IndexConflictError, WriterLock
 from prvr_sdk.index.segment import Segment
@@ -205,7 +206,7 @@ def load(
     for attempt in range(3):
         name, manifest = store.open_current(root)
         index = from_manifest(cls, manifest, root)
-        _check_expected(index, root, bundle_sha256, model, dim)
+        check_binding(index, f"index {root}", bundle_sha256, model, dim)
         index._mmap, index._float32 = mmap, float32
         try:
             index._segments = [
@@ -253,23 +254,6 @@ def from_manifest(cls: type[ExactIndex], manifest: dict[str, Any], root: Path) -
     except (TypeError, ValueError, InvalidInputError) as exc:
         raise IndexFormatError(f"{root}: malformed index manifest ({exc})") from None
     return index
-
-
-def _check_expected(
-    index: ExactIndex, root: Path, bundle_sha256: str | None, model: str | None, dim: int | None
-) -> None:
-    """Refuse an index built for another bundle, model or embedding size than the caller expects."""
-    where = f"index {root}"
-    if bundle_sha256 is not None and bundle_sha256 != index.bundle_sha256:
-        recorded = index.bundle_sha256 or "none (built without a bundle hash)"
-        raise IndexMismatchError(
-            f"{where} was built for bundle sha256 {recorded}, not the expected "
-            f"{bundle_sha256}; rebuild the index with this bundle"
-        )
-    if model is not None and model != index.model:
-        raise IndexMismatchError(f"{where} was built for model {index.model!r}, not the expected {model!r}")
-    if dim is not None and dim != index.dim:
-        raise IndexMismatchError(f"{where} stores {index.dim}-dimensional embeddings, expected {dim}")
 
 
 def verify(cls: type[ExactIndex], path: str | os.PathLike, show_progress: bool | None) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prvr_sdk.errors import IndexFormatError, IndexMismatchError, InvalidInputError
+from prvr_sdk.errors import IndexFormatError, InvalidInputError
 from prvr_sdk.hits import Hit
-from prvr_sdk.index.base import ScoringRule, check_vectors
+from prvr_sdk.index.base import ScoringRule, check_binding, check_vectors
 from prvr_sdk.index.filters import Filter
 from prvr_sdk.index.ingest import build_segment, check_ids
 from prvr_sdk.index.qdrant.translate import CLIPS, VIDEO, point_id, point_payload, qdrant_filter, with_ids
@@ -261,19 +261,7 @@ class QdrantIndex:
         Raises:
             IndexMismatchError: naming what differs.
         """
-        where = f"index {self._where}"
-        if bundle_sha256 is not None and bundle_sha256 != self.bundle_sha256:
-            recorded = self.bundle_sha256 or "none (built without a bundle hash)"
-            raise IndexMismatchError(
-                f"{where} was built for bundle sha256 {recorded}, not the expected {bundle_sha256}; "
-                "rebuild the index with this bundle"
-            )
-        if model is not None and model != self.model:
-            raise IndexMismatchError(
-                f"{where} was built for model {self.model!r}, not the expected {model!r}"
-            )
-        if dim is not None and dim != self.dim:
-            raise IndexMismatchError(f"{where} stores {self.dim}-dimensional embeddings, expected {dim}")
+        check_binding(self, f"index {self._where}", bundle_sha256, model, dim)
 
     def save(self, path: Any = None) -> Any:
         """Make every change durable (the engine already holds them); returns where the index lives.
