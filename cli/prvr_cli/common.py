@@ -286,23 +286,19 @@ def _recorded(bundle_path: str | None, where: str) -> Path:
 def attach_index(target: IndexTarget, bundle: Path | None, backend: str, device: str,
                  trusted_keys: list[Path] | None, precision: str):
     """The Retriever (``bundle``, else the one the index records) with the index at ``target`` attached
-    and checked against it (``IndexMismatchError``, exit 6, for another bundle). A qdrant index is opened
-    once and handed over as an object; the caller closes ``retriever.index``."""
-    if target.engine == "exact":
-        retriever = open_retriever(bundle or recorded_bundle(target.path), backend, device, trusted_keys,
-                                   precision)
-        retriever.load_index(target.path)
-        return retriever
-    retriever = None
+    and checked against it (``IndexMismatchError``, exit 6, for another bundle). The index of any engine is
+    opened once -- it also says which bundle it was built with -- and handed over as an object; the caller
+    closes ``retriever.index``."""
+    # A given bundle is checked first (its problems are the user's to fix before any index is touched).
+    retriever = open_retriever(bundle, backend, device, trusted_keys, precision) if bundle else None
     if target.engine == "qdrant" and target.collection is None:
-        if bundle is None:
+        if retriever is None:
             raise InvalidInputError(_NO_COLLECTION)
-        retriever = open_retriever(bundle, backend, device, trusted_keys, precision)
         target = replace(target, collection=default_collection(retriever))
     index = open_index(target)
     try:
         if retriever is None:
-            retriever = open_retriever(bundle or _recorded(index.bundle_path, str(target)), backend, device,
+            retriever = open_retriever(_recorded(index.bundle_path, str(target)), backend, device,
                                        trusted_keys, precision)
         retriever.load_index(index)
     except BaseException:
